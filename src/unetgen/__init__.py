@@ -1,0 +1,60 @@
+"""unetgen: U-Net variants from a declarative spec, every shape worked out before anything is built.
+
+The flow is one-way: YAML → :class:`UNetSpec` → :class:`Plan` (pure integers) → ``nn.Module`` → checkpoint.
+torch is imported only when a network is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import CheckpointError, SizeError, SpecError, UNetGenError
+from .plan import Block, Plan, check_input_size, default_input_size, make_plan
+from .spec import UNetSpec, load_spec, parse_spec, preset, preset_names, spec_from_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoint import load, save
+    from .network import UNet, build
+
+__all__ = [
+    "__version__",
+    "UNetGenError",
+    "SpecError",
+    "SizeError",
+    "CheckpointError",
+    "UNetSpec",
+    "load_spec",
+    "parse_spec",
+    "spec_from_dict",
+    "preset",
+    "preset_names",
+    "Plan",
+    "Block",
+    "make_plan",
+    "plan",
+    "check_input_size",
+    "default_input_size",
+    "build",
+    "UNet",
+    "save",
+    "load",
+]
+
+_LAZY = {"build": "network", "UNet": "network", "save": "checkpoint", "load": "checkpoint"}
+
+
+def plan(spec: UNetSpec | str, input_size: tuple[int, ...] | list[int] | None = None) -> Plan:
+    """Plan a spec (or a preset name / YAML path) at an input size. See :func:`unetgen.plan.make_plan`."""
+    return make_plan(load_spec(spec), input_size)
+
+
+def __getattr__(name: str) -> Any:
+    # torch is imported only when something that needs it is asked for.
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'unetgen' has no attribute {name!r}")

@@ -1,0 +1,321 @@
+"""Spec + input size → plan: every block's shape, every crop and pad, the parameter count. Pure integers, no torch.
+
+The plan is worked out before any tensor exists, so describing a network that would not fit in memory is instant,
+and a size the network cannot take is refused here with the level and the reason, never deep inside ``torch.cat``.
+:mod:`unetgen.network` builds modules whose names are the plan's block names and whose crops come from the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import sizes
+from .errors import SizeError
+from .spec import DEFAULT_SIZE_HINT, UNetSpec
+
+_AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("axis 0", "axis 1", "axis 2")}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One row of the plan: a named module of the built network and what comes out of it.
+
+    Attributes:
+        name: the module's name in the built network (``encoder.0``, ``decoder.3.up``, ``head``).
+        operation: what it does, in words.
+        shape: its output, ``(channels, *spatial)``.
+        params: its trainable parameters.
+    """
+
+    name: str
+    operation: str
+    shape: tuple[int, ...]
+    params: int
+
+
+@dataclass(frozen=True)
+class Skip:
+    """One skip connection: encoder level ``level``'s output, centre-cropped to its decoder level's size.
+
+    Attributes:
+        level: the level the skip connects.
+        source: spatial size of the encoder output.
+        target: spatial size after the crop (the up-sampled size it is concatenated with).
+        crop: pixels cropped from each side, per axis (the same on both sides: the crop is central).
+    """
+
+    level: int
+    source: tuple[int, ...]
+    target: tuple[int, ...]
+    crop: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything about one network at one input size, worked out from the spec alone.
+
+    Attributes:
+        spec: the spec the plan was made from.
+        input_size: spatial input size.
+        output_size: spatial output size.
+        core_input_size: the size the convolutional core runs on (differs from ``input_size`` only for
+            ``output: same``, where the input is mirrored first).
+        mirror: mirror padding ``(before, after)`` per axis applied to the input (zeros for ``output: crop``).
+        output_crop: pixels ``(before, after)`` per axis cropped from the core's output (``output: same``).
+        blocks: the network, module by module, in execution order.
+        skips: the skip connections, top level first.
+        lattices: valid core input sizes per axis.
+        parameters: trainable parameters.
+        conv_layers: convolutional layers (block convolutions, up-convolutions and the 1×1 head).
+    """
+
+    spec: UNetSpec
+    input_size: tuple[int, ...]
+    output_size: tuple[int, ...]
+    core_input_size: tuple[int, ...]
+    mirror: tuple[tuple[int, int], ...]
+    output_crop: tuple[tuple[int, int], ...]
+    blocks: tuple[Block, ...]
+    skips: tuple[Skip, ...]
+    lattices: tuple[sizes.Lattice, ...]
+    parameters: int
+    conv_layers: int
+    axis_names: tuple[str, ...] = field(default=())
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """``(in_channels, *input_size)``."""
+        return (self.spec.in_channels, *self.input_size)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """``(out_channels, *output_size)``."""
+        return (self.spec.out_channels, *self.output_size)
+
+    @property
+    def border(self) -> tuple[int, ...]:
+        """Pixels the core network consumes on each side, per axis (92 for the paper network)."""
+        return tuple(grid.border for grid in self.lattices)
+
+    def block(self, name: str) -> Block:
+        """The block called ``name``.
+
+        Raises:
+            KeyError: when there is no such block.
+        """
+        for block in self.blocks:
+            if block.name == name:
+                return block
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (what ``unetgen build --json`` prints)."""
+        from . import __version__
+
+        return {
+            "unetgen": __version__,
+            "spec": self.spec.model_dump(mode="json"),
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "core_input_size": list(self.core_input_size),
+            "mirror": [list(pad) for pad in self.mirror],
+            "output_crop": [list(crop) for crop in self.output_crop],
+            "blocks": [
+                {"name": b.name, "operation": b.operation, "shape": list(b.shape), "params": b.params}
+                for b in self.blocks
+            ],
+            "skips": [
+                {"level": s.level, "source": list(s.source), "target": list(s.target), "crop": list(s.crop)}
+                for s in self.skips
+            ],
+            "valid_sizes": [
+                {"axis": name, "first": g.first, "step": g.step, "border": g.border}
+                for name, g in zip(self.axis_names, self.lattices)
+            ],
+            "parameters": self.parameters,
+            "conv_layers": self.conv_layers,
+        }
+
+
+def geometry(spec: UNetSpec) -> tuple[sizes.AxisGeometry, ...]:
+    """The spec's geometry along each spatial axis.
+
+    Args:
+        spec: the network.
+
+    Returns:
+        One :class:`~unetgen.sizes.AxisGeometry` per spatial axis.
+    """
+    pad = (spec.kernel_size - 1) // 2
+    if spec.padding == "valid":
+        shrink, minimum = spec.kernel_size - 1, 1
+    else:
+        shrink = 0
+        minimum = {"zeros": 1, "replicate": 1, "reflect": pad + 1, "circular": max(pad, 1)}[spec.padding_mode]
+    axis = sizes.AxisGeometry(
+        depth=spec.depth, convs=spec.convs_per_level, shrink=shrink, pool=2, min_conv_input=minimum
+    )
+    return (axis,) * spec.spatial_dims
+
+
+def lattices(spec: UNetSpec) -> tuple[sizes.Lattice, ...]:
+    """Valid core input sizes along each axis (see :class:`~unetgen.sizes.Lattice`)."""
+    return tuple(sizes.lattice(axis) for axis in geometry(spec))
+
+
+def default_input_size(spec: UNetSpec) -> tuple[int, ...]:
+    """The spec's ``input_size``, or the smallest valid size from the paper's (572; 132 in 3D) up."""
+    if spec.input_size is not None:
+        return tuple(spec.input_size)
+    hint = DEFAULT_SIZE_HINT[spec.spatial_dims]
+    if spec.output == "same":
+        return (hint,) * spec.spatial_dims
+    return tuple(grid.at_least(hint) for grid in lattices(spec))
+
+
+def _fmt(size: tuple[int, ...] | list[int]) -> str:
+    return "×".join(str(s) for s in size)
+
+
+def check_input_size(spec: UNetSpec, input_size: tuple[int, ...] | list[int]) -> None:
+    """Raise a clear error if the network cannot take ``input_size``.
+
+    Args:
+        spec: the network.
+        input_size: spatial input size, one value per axis.
+
+    Raises:
+        SizeError: naming the axis, the block and the reason, with the nearest valid sizes.
+    """
+    _resolve_sizes(spec, tuple(input_size))
+
+
+def _resolve_sizes(
+    spec: UNetSpec, input_size: tuple[int, ...]
+) -> tuple[tuple[sizes.Lattice, ...], tuple[sizes.SameOutputIO | None, ...], tuple[sizes.AxisTrace, ...]]:
+    dims = spec.spatial_dims
+    names = _AXIS_NAMES[dims]
+    shown = f"input {_fmt(input_size)}"
+    if len(input_size) != dims:
+        raise SizeError(f"{shown}: gives {len(input_size)} sizes for a {dims}D network; give {dims}")
+    grids = lattices(spec)
+    ios: list[sizes.SameOutputIO | None] = []
+    traces: list[sizes.AxisTrace] = []
+    for name, size, grid, axis in zip(names, input_size, grids, geometry(spec)):
+        where = f"{shown}: {name}" if dims > 1 else shown
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise SizeError(f"{where}: sizes must be positive integers, got {size!r}")
+        if spec.output == "same":
+            io = sizes.same_output_io(size, grid)
+            if size < 2 and io.pad != (0, 0):
+                raise SizeError(f"{where}: a size of 1 cannot be mirrored; the smallest size is 2")
+            ios.append(io)
+            core = io.core_input
+        else:
+            ios.append(None)
+            core = size
+        try:
+            traces.append(sizes.trace(core, axis))
+        except sizes.AxisSizeError as exc:
+            nearest = ", ".join(str(n) for n in grid.nearest(size))
+            raise SizeError(
+                f"{where}: {exc.where} {exc.reason}; nearest valid sizes: {nearest} "
+                f"(valid sizes: {grid.describe()}; or set output: same)"
+            ) from None
+    return grids, tuple(ios), tuple(traces)
+
+
+def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = None) -> Plan:
+    """Work out every shape of ``spec`` at ``input_size``, without building anything.
+
+    Args:
+        spec: the network.
+        input_size: spatial input size, one value per axis; default :func:`default_input_size`.
+
+    Returns:
+        The plan.
+
+    Raises:
+        SizeError: when the network cannot take ``input_size`` (the message names the level and the reason and
+            gives the nearest valid sizes).
+    """
+    size = default_input_size(spec) if input_size is None else tuple(input_size)
+    grids, ios, traces = _resolve_sizes(spec, size)
+    dims = spec.spatial_dims
+    channels = spec.level_channels
+    k = spec.kernel_size
+    kernel = "×".join([str(k)] * dims)
+    two = "×".join(["2"] * dims)
+    norm = {"none": "", "batch": "batchnorm, "}[spec.norm]
+    pad_note = f" {spec.padding}" + (f" ({spec.padding_mode})" if spec.padding == "same" else "")
+    conv_words = f"{spec.convs_per_level}× [conv {kernel}{pad_note}, {norm}{spec.activation}]"
+    bias = int(spec.uses_conv_bias)
+    norm_params = 2 if spec.norm == "batch" else 0
+
+    def block_params(cin: int, cout: int) -> int:
+        total = 0
+        for _ in range(spec.convs_per_level):
+            total += cin * cout * k**dims + bias * cout + norm_params * cout
+            cin = cout
+        return total
+
+    def spatial(pick: Any) -> tuple[int, ...]:
+        return tuple(pick(trace) for trace in traces)
+
+    blocks: list[Block] = []
+    mirror = tuple(io.pad if io else (0, 0) for io in ios)
+    core_input = tuple(io.core_input if io else s for io, s in zip(ios, size))
+    if spec.output == "same":
+        pads = ", ".join(f"{a}+{b}" for a, b in mirror)
+        blocks.append(Block("pad_input", f"mirror (reflect) {pads} → {_fmt(core_input)}", (spec.in_channels, *core_input), 0))
+    for level in range(spec.depth):
+        cin = spec.in_channels if level == 0 else channels[level - 1]
+        words = conv_words if level == 0 else f"maxpool {two} → {conv_words}"
+        shape = (channels[level], *spatial(lambda t, lv=level: t.encoder[lv]))
+        blocks.append(Block(sizes.level_name(level, spec.depth), words, shape, block_params(cin, channels[level])))
+    skips: list[Skip] = []
+    for level in reversed(range(spec.depth - 1)):
+        cin, cout = channels[level + 1], channels[level]
+        up_size = spatial(lambda t, lv=level: t.up[lv])
+        if spec.upsampling == "transpose":
+            up_words = f"transposed conv {two}, stride 2"
+        else:
+            mode = "nearest" if spec.interpolation == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
+            up_words = f"upsample ×2 ({mode}) → conv {two} (padded 1 at the far side, {spec.padding_mode})"
+        blocks.append(Block(f"decoder.{level}.up", up_words, (cout, *up_size), cin * cout * 2**dims + cout))
+        source = spatial(lambda t, lv=level: t.encoder[lv])
+        crop = spatial(lambda t, lv=level: t.crop[lv])
+        skips.append(Skip(level, source, up_size, crop))
+        if any(crop):
+            per_side = "/".join(str(c) for c in crop)
+            crop_words = f"centre-crop encoder.{level} {_fmt(source)} → {_fmt(up_size)} ({per_side} per side)"
+        else:
+            crop_words = f"encoder.{level} as is ({_fmt(source)})"
+        blocks.append(Block(f"decoder.{level}.crop", crop_words, (cout, *up_size), 0))
+        out = (cout, *spatial(lambda t, lv=level: t.decoder[lv]))
+        blocks.append(
+            Block(f"decoder.{level}.convs", f"concat → {2 * cout} ch, {conv_words}", out, block_params(2 * cout, cout))
+        )
+    core_output = spatial(lambda t: t.output)
+    blocks.append(
+        Block("head", f"conv {'×'.join(['1'] * dims)}", (spec.out_channels, *core_output), channels[0] * spec.out_channels + spec.out_channels)
+    )
+    output_crop = tuple(io.crop if io else (0, 0) for io in ios)
+    output_size = tuple(c - a - b for c, (a, b) in zip(core_output, output_crop))
+    if spec.output == "same":
+        blocks.append(Block("crop_output", f"crop to the input's size {_fmt(output_size)}", (spec.out_channels, *output_size), 0))
+    return Plan(
+        spec=spec,
+        input_size=size,
+        output_size=output_size,
+        core_input_size=core_input,
+        mirror=mirror,
+        output_crop=output_crop,
+        blocks=tuple(blocks),
+        skips=tuple(skips),
+        lattices=grids,
+        parameters=sum(b.params for b in blocks),
+        conv_layers=(2 * spec.depth - 1) * spec.convs_per_level + (spec.depth - 1) + 1,
+        axis_names=_AXIS_NAMES[dims],
+    )

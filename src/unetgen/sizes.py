@@ -1,0 +1,270 @@
+"""Size arithmetic along one spatial axis: pure integers, no torch.
+
+A U-Net's sizes along each axis are independent, so everything here works on one axis at a time:
+
+* :func:`trace` follows one input size through every level (convolutions, max-pools, up-sampling, the centre
+  crop of each skip connection) and says exactly where and why a size fails.
+* :class:`Lattice` is what the traces add up to: the valid input sizes are ``first + k * step`` (the paper
+  network: 16k + 124 from 188 up), and the output is the input less ``2 * border`` (the paper: 92 per side).
+* :func:`same_output_io` works out, for ``output: same``, how far to mirror the input and where to crop the
+  output so that any size comes back unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AxisGeometry:
+    """Everything about a network that matters for sizes along one axis.
+
+    Attributes:
+        depth: resolution levels, bottleneck included.
+        convs: convolutions per level.
+        shrink: pixels one convolution removes (``kernel - 1`` when unpadded, 0 when padded).
+        pool: max-pool factor between levels.
+        min_conv_input: the smallest size a convolution can take (a reflect-padded 3-wide kernel needs 2).
+    """
+
+    depth: int
+    convs: int
+    shrink: int
+    pool: int = 2
+    min_conv_input: int = 1
+
+
+@dataclass(frozen=True)
+class AxisTrace:
+    """The sizes of one input size along one axis, level by level.
+
+    Attributes:
+        encoder: each encoder level's output, top to bottom; the last entry is the bottleneck's.
+        up: each decoder level's up-sampled size, indexed by level (top first).
+        crop: pixels cropped from each side of each level's skip connection, indexed by level.
+        decoder: each decoder level's output, indexed by level; ``decoder[0]`` is the network's output size.
+    """
+
+    encoder: tuple[int, ...]
+    up: tuple[int, ...]
+    crop: tuple[int, ...]
+    decoder: tuple[int, ...]
+
+    @property
+    def output(self) -> int:
+        """The network's output size along this axis."""
+        return self.decoder[0] if self.decoder else self.encoder[-1]
+
+
+class AxisSizeError(ValueError):
+    """One size fails along one axis; ``where`` names the block, ``reason`` says why."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where} {reason}")
+        self.where = where
+        self.reason = reason
+
+
+def level_name(level: int, depth: int) -> str:
+    """Module name of encoder level ``level``: ``encoder.N``, or ``bottleneck`` for the lowest level."""
+    return "bottleneck" if level == depth - 1 else f"encoder.{level}"
+
+
+def _convolve(size: int, geometry: AxisGeometry, where: str) -> int:
+    for index in range(geometry.convs):
+        if size < geometry.min_conv_input:
+            raise AxisSizeError(
+                where, f"convolution {index + 1} gets a size of {size}, below its minimum of {geometry.min_conv_input}"
+            )
+        size -= geometry.shrink
+        if size < 1:
+            raise AxisSizeError(where, f"convolution {index + 1} leaves no pixels (size {size + geometry.shrink})")
+    return size
+
+
+def trace(size: int, geometry: AxisGeometry) -> AxisTrace:
+    """Follow one input size through the network along one axis.
+
+    Args:
+        size: the input size along the axis.
+        geometry: the network's geometry along the axis.
+
+    Returns:
+        Every level's size and every skip connection's crop.
+
+    Raises:
+        AxisSizeError: naming the first block where the size fails: a max-pool of a size that does not divide
+            (never floored silently), a convolution left with no pixels, or a skip smaller than its up-sampled map.
+    """
+    if size < 1:
+        raise AxisSizeError("input", f"size {size} is not positive")
+    encoder: list[int] = []
+    current = size
+    for level in range(geometry.depth):
+        where = level_name(level, geometry.depth)
+        if level > 0:
+            if current % geometry.pool:
+                kind = "an odd" if geometry.pool == 2 else "an indivisible"
+                raise AxisSizeError(where, f"max-pools {kind} size ({current})")
+            current //= geometry.pool
+        current = _convolve(current, geometry, where)
+        encoder.append(current)
+    up = [0] * (geometry.depth - 1)
+    crop = [0] * (geometry.depth - 1)
+    decoder = [0] * (geometry.depth - 1)
+    for level in reversed(range(geometry.depth - 1)):
+        where = f"decoder.{level}"
+        current *= geometry.pool
+        up[level] = current
+        margin = encoder[level] - current
+        if margin < 0 or margin % 2:
+            raise AxisSizeError(
+                where, f"cannot centre-crop its skip connection ({encoder[level]}) to the up-sampled size ({current})"
+            )
+        crop[level] = margin // 2
+        current = _convolve(current, geometry, where)
+        decoder[level] = current
+    return AxisTrace(encoder=tuple(encoder), up=tuple(up), crop=tuple(crop), decoder=tuple(decoder))
+
+
+def is_valid(size: int, geometry: AxisGeometry) -> bool:
+    """Whether the network (without mirroring) takes ``size`` along this axis."""
+    try:
+        trace(size, geometry)
+    except AxisSizeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """The valid input sizes along one axis: ``first + k * step`` for k = 0, 1, 2, ...
+
+    Attributes:
+        first: the smallest valid input size.
+        step: the distance between valid sizes (the product of the pool factors).
+        border: pixels the network consumes on each side: output = input - 2 * border.
+    """
+
+    first: int
+    step: int
+    border: int
+
+    def contains(self, size: int) -> bool:
+        """Whether ``size`` is a valid input size."""
+        return size >= self.first and (size - self.first) % self.step == 0
+
+    def output(self, size: int) -> int:
+        """Output size for a valid input size."""
+        return size - 2 * self.border
+
+    def at_least(self, size: int) -> int:
+        """The smallest valid input size that is ``>= size``."""
+        if size <= self.first:
+            return self.first
+        return self.first + -(-(size - self.first) // self.step) * self.step
+
+    def nearest(self, size: int) -> tuple[int, ...]:
+        """The valid sizes nearest ``size``: the one below (if any) and the one above, or ``size`` itself."""
+        if self.contains(size):
+            return (size,)
+        above = self.at_least(size)
+        below = above - self.step
+        return (below, above) if below >= self.first else (above,)
+
+    def describe(self) -> str:
+        """E.g. ``188+16k (188, 204, 220, ...)``."""
+        if self.step == 1:
+            return f"any size from {self.first}"
+        first, step = self.first, self.step
+        return f"{first}+{step}k ({first}, {first + step}, {first + 2 * step}, ...)"
+
+
+def lattice(geometry: AxisGeometry) -> Lattice:
+    """Work out the valid input sizes along one axis.
+
+    Every constraint is either a divisibility (one per max-pool, together one residue modulo ``pool**(depth-1)``)
+    or a lower bound, so the valid sizes are the residue class from its smallest member up. The smallest member is
+    found from the bottom: the smallest bottleneck size that works, grown back up through the encoder.
+
+    Args:
+        geometry: the network's geometry along the axis.
+
+    Returns:
+        The lattice of valid sizes and the border.
+    """
+    step = geometry.pool ** (geometry.depth - 1)
+    bottleneck = 1
+    while True:
+        size = bottleneck
+        for level in reversed(range(geometry.depth)):
+            size += geometry.convs * geometry.shrink
+            if level > 0:
+                size *= geometry.pool
+        if is_valid(size, geometry):
+            output = trace(size, geometry).output
+            return Lattice(first=size, step=step, border=(size - output) // 2)
+        bottleneck += 1
+
+
+@dataclass(frozen=True)
+class SameOutputIO:
+    """How ``output: same`` maps one input size to the core network and back, along one axis.
+
+    Attributes:
+        core_input: the mirrored size the core network runs on (a lattice point).
+        pad: pixels mirrored onto each side of the input, ``(before, after)``.
+        crop: pixels cropped from each side of the core's output, ``(before, after)``.
+    """
+
+    core_input: int
+    pad: tuple[int, int]
+    crop: tuple[int, int]
+
+
+def same_output_io(size: int, grid: Lattice) -> SameOutputIO:
+    """Mirror padding and output crop that make the output exactly ``size``, for any ``size >= 1``.
+
+    The core runs on the smallest lattice point whose output covers ``size``; the input is mirrored by the
+    network's border plus half the surplus on each side, so output pixel *i* lies over input pixel *i*.
+
+    Args:
+        size: the input size along the axis.
+        grid: the core network's lattice.
+
+    Returns:
+        The core size, the padding and the crop.
+    """
+    core = grid.at_least(size + 2 * grid.border)
+    surplus = grid.output(core) - size
+    before = surplus // 2
+    pad_before = grid.border + before
+    return SameOutputIO(
+        core_input=core, pad=(pad_before, core - size - pad_before), crop=(before, surplus - before)
+    )
+
+
+def mirror_steps(size: int, pad: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """Split a mirror (reflect) padding into steps that each reflect less than the current size.
+
+    A reflect pad must be smaller than the size it reflects; larger pads are done in rounds, each reflecting the
+    already-padded map, which gives the same result as mirroring the image periodically (``numpy.pad`` 'reflect').
+
+    Args:
+        size: the size before padding (at least 2 when any padding is needed).
+        pad: total ``(before, after)`` padding.
+
+    Returns:
+        The ``(before, after)`` padding of each round, in order; empty when no padding is needed.
+    """
+    before, after = pad
+    steps: list[tuple[int, int]] = []
+    while before or after:
+        if size < 2:
+            raise AxisSizeError("input", f"a size of {size} cannot be mirrored; the smallest size is 2")
+        step = (min(before, size - 1), min(after, size - 1))
+        steps.append(step)
+        size += step[0] + step[1]
+        before -= step[0]
+        after -= step[1]
+    return tuple(steps)

@@ -1,0 +1,308 @@
+"""The spec: a validated, declarative description of one U-Net (pydantic v2), and how to load one.
+
+A spec says *what* the network is; :mod:`unetgen.plan` works out every size from it and :mod:`unetgen.network`
+builds it. The spec never imports torch.
+"""
+
+from __future__ import annotations
+
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from .errors import SpecError, did_you_mean
+from .yaml_loader import parse_yaml, read_yaml_file
+
+#: The paper's input tile (Ronneberger et al. 2015, Fig. 1) and the 3D U-Net's (Çiçek et al. 2016): the default
+#: input size is the smallest valid size at least this large along each axis.
+DEFAULT_SIZE_HINT = {1: 572, 2: 572, 3: 132}
+
+
+class UNetSpec(BaseModel):
+    """A U-Net, described by its architecture choices. The defaults are the 2015 paper's network.
+
+    Build one in code (``UNetSpec(depth=4, padding="same")``), from a file (:func:`load_spec`) or from a preset
+    (:func:`preset`), and derive variants with :meth:`replace`, which validates again.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field("unet", min_length=1, max_length=200, description="A short name for the network.")
+    description: str = Field("", max_length=2000, description="Free text: where the design comes from.")
+    spatial_dims: Literal[1, 2, 3] = Field(2, description="1, 2 or 3 spatial axes (Conv1d, Conv2d or Conv3d).")
+    in_channels: int = Field(1, ge=1, le=4096, description="Channels of the input image.")
+    out_channels: int = Field(2, ge=1, le=4096, description="Channels of the output map: the number of classes.")
+    depth: int = Field(
+        5, ge=1, le=12, description="Resolution levels, bottleneck included (the paper's is 5: four max-pools)."
+    )
+    width: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Channels at the first level, doubling at each level below (default 64). "
+        "Give `width` or `channels`, not both.",
+    )
+    channels: list[int] | None = Field(
+        None,
+        description="Channels at each level, top to bottom, one per level (instead of `width`), "
+        "e.g. [64, 128, 256, 512, 1024].",
+    )
+    convs_per_level: int = Field(2, ge=1, le=16, description="Convolutions in each level's block (the paper: 2).")
+    padding: Literal["valid", "same"] = Field(
+        "valid",
+        description="`valid`: unpadded convolutions that shrink the map, as in the paper; "
+        "`same`: padded convolutions that keep its size.",
+    )
+    kernel_size: int = Field(3, ge=1, le=15, description="Convolution kernel size (odd), per axis.")
+    upsampling: Literal["upsample_conv", "transpose"] = Field(
+        "transpose",
+        description="`transpose`: 2×2 stride-2 transposed convolution (the paper's released Caffe model); "
+        "`upsample_conv`: ×2 interpolation, then a 2×2 convolution (padded by one on the far side, so the size "
+        "is exactly doubled).",
+    )
+    interpolation: Literal["nearest", "linear"] = Field(
+        "nearest",
+        description="Interpolation of `upsample_conv`: nearest, or (bi/tri)linear. Not used by `transpose`.",
+    )
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = Field(
+        "zeros",
+        description="How every padded convolution pads: the `same` convolutions and the 2×2 convolution of "
+        "`upsample_conv`.",
+    )
+    norm: Literal["none", "batch"] = Field(
+        "none", description="Normalisation after each convolution, before the activation: none or batch."
+    )
+    conv_bias: bool | None = Field(
+        None,
+        description="Bias on the block convolutions. Default: on without normalisation, off with it (the "
+        "norm's shift makes it redundant).",
+    )
+    activation: Literal["relu"] = Field("relu", description="Activation after each convolution (and norm).")
+    output: Literal["crop", "same"] = Field(
+        "crop",
+        description="`crop`: the paper's behaviour, the output is the input less the network's border; "
+        "`same`: the output has the input's size for any size, the input mirrored (reflect-padded) as needed.",
+    )
+    input_size: list[int] | None = Field(
+        None,
+        description="Default input size, one value per spatial axis. Default: the smallest valid size from "
+        "572 (132 in 3D) up.",
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_match_depth(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return value
+        if info.data.get("width") is not None:
+            raise ValueError("give either `width` or `channels`, not both")
+        depth = info.data.get("depth")
+        if depth is not None and len(value) != depth:
+            raise ValueError(f"has {len(value)} entries but depth is {depth}; give one width per level")
+        for index, channels in enumerate(value):
+            if not 1 <= channels <= 65536:
+                raise ValueError(f"entry {index} is {channels}; each must be between 1 and 65536")
+        return value
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _kernel_is_odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd (got {value}): an even kernel has no centre, so crops cannot be central")
+        return value
+
+    @field_validator("interpolation")
+    @classmethod
+    def _interpolation_needs_upsample(cls, value: str, info: ValidationInfo) -> str:
+        if value != "nearest" and info.data.get("upsampling") == "transpose":
+            raise ValueError("only applies to upsampling 'upsample_conv'; remove it or change `upsampling`")
+        return value
+
+    @field_validator("padding_mode")
+    @classmethod
+    def _padding_mode_is_used(cls, value: str, info: ValidationInfo) -> str:
+        if value != "zeros" and info.data.get("padding") == "valid" and info.data.get("upsampling") == "transpose":
+            raise ValueError(
+                f"'{value}' has no effect: with padding 'valid' and upsampling 'transpose' no convolution pads; "
+                "remove it"
+            )
+        return value
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size_matches_dims(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return value
+        dims = info.data.get("spatial_dims")
+        if dims is not None and len(value) != dims:
+            raise ValueError(f"has {len(value)} values but spatial_dims is {dims}; give one size per axis")
+        for size in value:
+            if not 1 <= size <= 1_000_000:
+                raise ValueError(f"{size} is out of range; each size must be between 1 and 1000000")
+        return value
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        """Channels of each level, top (full resolution) to bottom (bottleneck)."""
+        if self.channels is not None:
+            return tuple(self.channels)
+        width = 64 if self.width is None else self.width
+        return tuple(width * 2**level for level in range(self.depth))
+
+    @property
+    def uses_conv_bias(self) -> bool:
+        """Whether the block convolutions have a bias (resolves the ``None`` default of ``conv_bias``)."""
+        return self.norm == "none" if self.conv_bias is None else self.conv_bias
+
+    def replace(self, **changes: Any) -> UNetSpec:
+        """Return a copy with some fields changed, validated again.
+
+        Args:
+            **changes: field names and their new values.
+
+        Returns:
+            The new spec.
+
+        Raises:
+            SpecError: when the result is not a valid spec.
+        """
+        data = self.model_dump(exclude_unset=True)
+        data.update(changes)
+        return spec_from_dict(data, source=f"{self.name} (replace)")
+
+    def to_yaml(self) -> str:
+        """The spec as YAML text, with only the fields that differ from the defaults."""
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+#: Accepted values of each option field, for "did you mean" suggestions.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    name: tuple(str(arg) for arg in typing.get_args(field.annotation))
+    for name, field in UNetSpec.model_fields.items()
+    if typing.get_origin(field.annotation) is Literal
+}
+
+
+def spec_from_dict(data: Any, source: str = "<spec>") -> UNetSpec:
+    """Validate plain data (as read from YAML or JSON) into a :class:`UNetSpec`.
+
+    Args:
+        data: a mapping of field names to values.
+        source: what to call the data in error messages (a file name).
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: one line per problem, each naming the source and the field.
+    """
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        raise SpecError(f"{source}: a spec is a mapping of fields (e.g. 'depth: 5'), got {kind}")
+    try:
+        return UNetSpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise SpecError("\n".join(_describe(error, source) for error in exc.errors())) from None
+
+
+def _describe(error: Any, source: str) -> str:
+    """One line for one pydantic error: ``source: field: what (got x)[ (did you mean y?)]``."""
+    loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    value = error.get("input")
+    field = str(error["loc"][0]) if error["loc"] else ""
+    if kind == "extra_forbidden":
+        hint = did_you_mean(field, UNetSpec.model_fields)
+        return f"{source}: {loc}: unknown field{hint or '; see the spec fields in the README'}"
+    message = error["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    if kind == "literal_error" and field in _CHOICES:
+        choices = _CHOICES[field]
+        message = f"expected {', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else message
+        return f"{source}: {loc}: got {_show(value)}; {message}{did_you_mean(value, choices)}"
+    return f"{source}: {loc}: {message[0].lower() + message[1:]} (got {_show(value)})"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def parse_spec(text: str, source: str = "<text>") -> UNetSpec:
+    """Parse and validate a spec from YAML text.
+
+    Args:
+        text: the YAML document.
+        source: what to call it in error messages.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: when the YAML or the spec is invalid.
+    """
+    return spec_from_dict(parse_yaml(text, source), source)
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with unetgen (``paper``, ...)."""
+    folder = resources.files("unetgen") / "presets"
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def preset(name: str) -> UNetSpec:
+    """Load a preset shipped with unetgen by name.
+
+    Args:
+        name: a preset name, e.g. ``"paper"`` (see :func:`preset_names`).
+
+    Returns:
+        The preset's spec.
+
+    Raises:
+        SpecError: when there is no such preset.
+    """
+    names = preset_names()
+    if name not in names:
+        raise SpecError(f"no preset named '{name}'; presets: {', '.join(names)}{did_you_mean(name, names)}")
+    resource = resources.files("unetgen") / "presets" / f"{name}.yaml"
+    return parse_spec(resource.read_text(encoding="utf-8"), source=f"preset '{name}'")
+
+
+def load_spec(source: str | Path | UNetSpec) -> UNetSpec:
+    """Load a spec from a YAML file or a preset name.
+
+    A path that exists is read as a file; otherwise a bare name (no ``/``, no ``.yaml``) is looked up among the
+    presets.
+
+    Args:
+        source: a file path, a preset name, or a spec (returned as it is).
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: when the file or preset does not exist or is not a valid spec.
+    """
+    if isinstance(source, UNetSpec):
+        return source
+    path = Path(source)
+    if path.exists():
+        return spec_from_dict(read_yaml_file(path), str(source))
+    text = str(source)
+    looks_like_name = "/" not in text and "\\" not in text and path.suffix not in (".yaml", ".yml")
+    if looks_like_name and text in preset_names():
+        return preset(text)
+    if looks_like_name:
+        names = preset_names()
+        raise SpecError(
+            f"{text}: no such file or preset; presets: {', '.join(names)}{did_you_mean(text, names)}"
+        )
+    raise SpecError(f"{text}: no such file")
