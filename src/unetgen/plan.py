@@ -288,7 +288,7 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
         crop = spatial(lambda t, lv=level: t.crop[lv])
         skips.append(Skip(level, source, up_size, crop))
         if any(crop):
-            per_side = "/".join(str(c) for c in crop)
+            per_side = str(crop[0]) if len(set(crop)) == 1 else "/".join(str(c) for c in crop)
             crop_words = f"centre-crop encoder.{level} {_fmt(source)} → {_fmt(up_size)} ({per_side} per side)"
         else:
             crop_words = f"encoder.{level} as is ({_fmt(source)})"

@@ -1,0 +1,58 @@
+"""Writing files atomically: a failed or interrupted write never leaves a half-written file or damages an old one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import UNetGenError
+
+
+@contextlib.contextmanager
+def _temporary_beside(path: Path) -> Iterator[tuple[BinaryIO, str]]:
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        yield handle, handle.name
+    except BaseException:
+        handle.close()
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file through ``write(handle)``, then move it into place in one step.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, and replaces ``path`` with
+    ``os.replace``; if ``write`` raises (or the process is interrupted), the temporary file is removed and any
+    existing file at ``path`` is untouched.
+
+    Args:
+        path: the file to write.
+        write: called with a binary file handle.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UNetGenError: when the folder does not exist or is not writable.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UNetGenError(f"{path}: folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise UNetGenError(f"{path}: is a directory; give a file name")
+    try:
+        with _temporary_beside(path) as (handle, name):
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            os.replace(name, path)
+    except PermissionError as exc:
+        raise UNetGenError(f"{path}: cannot write: {exc.strerror}") from None
+    return path
