@@ -192,11 +192,11 @@ def check_input_size(spec: UNetSpec, input_size: tuple[int, ...] | list[int]) ->
 
 
 def _resolve_sizes(
-    spec: UNetSpec, input_size: tuple[int, ...]
+    spec: UNetSpec, input_size: tuple[int, ...], label: str = "input"
 ) -> tuple[tuple[sizes.Lattice, ...], tuple[sizes.SameOutputIO | None, ...], tuple[sizes.AxisTrace, ...]]:
     dims = spec.spatial_dims
     names = _AXIS_NAMES[dims]
-    shown = f"input {_fmt(input_size)}"
+    shown = f"{label} {_fmt(input_size)}"
     if len(input_size) != dims:
         raise SizeError(f"{shown}: gives {len(input_size)} sizes for a {dims}D network; give {dims}")
     grids = lattices(spec)
@@ -241,7 +241,8 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
             gives the nearest valid sizes).
     """
     size = default_input_size(spec) if input_size is None else tuple(input_size)
-    grids, ios, traces = _resolve_sizes(spec, size)
+    label = "the spec's input_size" if input_size is None and spec.input_size is not None else "input"
+    grids, ios, traces = _resolve_sizes(spec, size, label)
     dims = spec.spatial_dims
     channels = spec.level_channels
     k = spec.kernel_size

@@ -245,10 +245,11 @@ def same_output_io(size: int, grid: Lattice) -> SameOutputIO:
 
 
 def mirror_steps(size: int, pad: tuple[int, int]) -> tuple[tuple[int, int], ...]:
-    """Split a mirror (reflect) padding into steps that each reflect less than the current size.
+    """Split a mirror (reflect) padding into rounds that each reflect less than the original size.
 
-    A reflect pad must be smaller than the size it reflects; larger pads are done in rounds, each reflecting the
-    already-padded map, which gives the same result as mirroring the image periodically (``numpy.pad`` 'reflect').
+    A reflect pad must be smaller than the size it reflects. Larger pads are done in rounds of ``size - 1``: each
+    full round ends on a mirror point of the image's periodic reflection, so the next round continues it, and
+    the result equals ``numpy.pad(..., mode="reflect")``.
 
     Args:
         size: the size before padding (at least 2 when any padding is needed).
@@ -256,15 +257,17 @@ def mirror_steps(size: int, pad: tuple[int, int]) -> tuple[tuple[int, int], ...]
 
     Returns:
         The ``(before, after)`` padding of each round, in order; empty when no padding is needed.
+
+    Raises:
+        AxisSizeError: when padding is needed and ``size`` is 1.
     """
     before, after = pad
+    if (before or after) and size < 2:
+        raise AxisSizeError("input", f"a size of {size} cannot be mirrored; the smallest size is 2")
     steps: list[tuple[int, int]] = []
     while before or after:
-        if size < 2:
-            raise AxisSizeError("input", f"a size of {size} cannot be mirrored; the smallest size is 2")
         step = (min(before, size - 1), min(after, size - 1))
         steps.append(step)
-        size += step[0] + step[1]
         before -= step[0]
         after -= step[1]
     return tuple(steps)
