@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import UNetGenError
+from .files import check_target
 from .plan import make_plan
 from .spec import load_spec, preset_names
 from .summary import render
@@ -24,6 +25,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     source = args.spec or "paper"
     spec = load_spec(source)
     plan = make_plan(spec, args.input_size)
+    if args.save:
+        check_target(args.save)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:

@@ -24,6 +24,26 @@ def _temporary_beside(path: Path) -> Iterator[tuple[BinaryIO, str]]:
         raise
 
 
+def check_target(path: str | Path) -> Path:
+    """Check, before any work is done, that ``path`` can be written: its folder exists and it is not a folder.
+
+    Args:
+        path: the file to be written.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        UNetGenError: when it cannot be written.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UNetGenError(f"{path}: folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise UNetGenError(f"{path}: is a directory; give a file name")
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write a file through ``write(handle)``, then move it into place in one step.
 
@@ -41,11 +61,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     Raises:
         UNetGenError: when the folder does not exist or is not writable.
     """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UNetGenError(f"{path}: folder {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise UNetGenError(f"{path}: is a directory; give a file name")
+    path = check_target(path)
     try:
         with _temporary_beside(path) as (handle, name):
             write(handle)

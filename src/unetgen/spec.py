@@ -227,7 +227,8 @@ def _describe(error: Any, source: str) -> str:
         choices = _CHOICES[field]
         message = f"expected {', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else message
         return f"{source}: {loc}: got {_show(value)}; {message}{did_you_mean(value, choices)}"
-    return f"{source}: {loc}: {message[0].lower() + message[1:]} (got {_show(value)})"
+    hint = "; write true or false" if kind.startswith("bool") else ""
+    return f"{source}: {loc}: {message[0].lower() + message[1:]} (got {_show(value)}){hint}"
 
 
 def _show(value: Any) -> str:
