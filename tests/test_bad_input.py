@@ -22,7 +22,7 @@ CASES = [
     ("depth: five\n", ["bad.yaml", "depth", "valid integer", "'five'"]),
     ("depth: 5.5\n", ["bad.yaml", "depth"]),
     ('depth: "5"\n', ["bad.yaml", "depth", "'5'"]),
-    ("norm: batchnorm\n", ["bad.yaml", "norm", "got 'batchnorm'", "expected none or batch", "did you mean 'batch'"]),
+    ("norm: batchnorm\n", ["bad.yaml", "norm", "got 'batchnorm'", "expected none, batch, instance, group or layer", "did you mean 'batch'"]),
     ("padding: vaild\n", ["padding", "did you mean 'valid'"]),
     ("upsampling: transposed\n", ["upsampling", "did you mean 'transpose'"]),
     ("width: 0\n", ["bad.yaml", "width", "greater than or equal to 1", "got 0"]),

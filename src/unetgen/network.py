@@ -2,15 +2,35 @@
 
 ``build(spec)`` plans the spec, then builds a plain PyTorch module whose state-dict keys name the levels
 (``encoder.0.convs.conv0.weight``, ``bottleneck``, ``decoder.3.up``, ``head``) exactly as the plan's rows do.
+The module works with ``torch.jit.script``, ``torch.export`` and ``torch.compile``.
 """
 
 from __future__ import annotations
+
+import math
+from typing import List, Tuple
 
 import torch
 from torch import nn
 
 from . import sizes
-from .layers import ACTIVATION, CONV, CONV_TRANSPOSE, MAX_POOL, NORM, PAD_MODE, CentreCrop, ConvBlock, MirrorPad, OutputCrop, UpsampleConv
+from .layers import (
+    CONV,
+    CONV_TRANSPOSE,
+    FINAL,
+    INTERPOLATION,
+    MAX_POOL,
+    PAD_MODE,
+    CentreCrop,
+    ConvBlock,
+    MirrorPad,
+    OutputCrop,
+    ResidualBlock,
+    UpsampleConv,
+    activation_factory,
+    conv_stack,
+    norm_factory,
+)
 from .plan import Plan, check_input_size, make_plan
 from .spec import UNetSpec, load_spec
 
@@ -21,7 +41,7 @@ class EncoderLevel(nn.Module):
     def __init__(self, pool: nn.Module | None, convs: nn.Module) -> None:
         """Args:
         pool: the max-pool, or None at the top level.
-        convs: the level's :class:`~unetgen.layers.ConvBlock`.
+        convs: the level's block.
         """
         super().__init__()
         self.pool = pool if pool is not None else nn.Identity()
@@ -36,9 +56,9 @@ class DecoderLevel(nn.Module):
 
     def __init__(self, up: nn.Module, crop: CentreCrop, convs: nn.Module) -> None:
         """Args:
-        up: the up-convolution (halves the channels, doubles the size).
+        up: the up-convolution.
         crop: the skip connection's centre crop, its margins from the plan.
-        convs: the level's :class:`~unetgen.layers.ConvBlock`.
+        convs: the level's block.
         """
         super().__init__()
         self.up = up
@@ -67,71 +87,94 @@ class UNet(nn.Module):
         channels = spec.level_channels
         self.spec = spec
         self.plan = plan
+        self.spatial_dims = dims
         self.same_output = spec.output == "same"
+        # The lattice of valid core sizes per axis, as plain ints for the same-output arithmetic in forward().
+        self.lattice_first: List[int] = [grid.first for grid in plan.lattices]
+        self.lattice_step: List[int] = [grid.step for grid in plan.lattices]
+        self.lattice_border: List[int] = [grid.border for grid in plan.lattices]
+        norm = norm_factory(spec.norm, dims, spec.norm_groups)
+        activation = activation_factory(spec.activation, spec.negative_slope)
+        pad_mode = PAD_MODE[spec.padding_mode]
+        valid = spec.padding == "valid"
 
-        def block(cin: int, cout: int) -> ConvBlock:
-            return ConvBlock(
-                cin,
-                cout,
-                convs=spec.convs_per_level,
-                conv=CONV[dims],
-                kernel_size=spec.kernel_size,
-                padding=0 if spec.padding == "valid" else (spec.kernel_size - 1) // 2,
-                padding_mode=spec.padding_mode,
-                bias=spec.uses_conv_bias,
-                norm=None if spec.norm == "none" else NORM[spec.norm][dims],
-                activation=ACTIVATION[spec.activation],
+        def block(level: int, cin: int, widths: tuple[int, ...], dropout: float) -> nn.Module:
+            kernel = spec.kernel(level)
+            common = dict(
+                conv=CONV[dims], kernel=kernel, padded=not valid, padding_mode=spec.padding_mode,
+                bias=spec.uses_conv_bias, norm=norm, activation=activation,
             )
+            if spec.block == "plain":
+                return ConvBlock(conv_stack(cin, widths, **common), dropout)
+            body = conv_stack(cin, widths, last_activation=False, **common)
+            projection = CONV[dims](cin, widths[-1], 1, bias=spec.uses_conv_bias) if cin != widths[-1] else None
+            shrink = [len(widths) * (k - 1) // 2 if valid else 0 for k in kernel]
+            return ResidualBlock(body, projection, [(s, s) for s in shrink], activation(), dropout)
+
+        def dropout_at(level: int) -> float:
+            if spec.dropout_at == "every_level" or (spec.dropout_at == "bottleneck" and level == spec.depth - 1):
+                return spec.dropout
+            return 0.0
 
         levels = []
         for level in range(spec.depth):
             cin = spec.in_channels if level == 0 else channels[level - 1]
-            pool = MAX_POOL[dims](2) if level > 0 else None
-            levels.append(EncoderLevel(pool, block(cin, channels[level])))
+            pool = MAX_POOL[dims](spec.pool(level - 1)) if level > 0 else None
+            levels.append(EncoderLevel(pool, block(level, cin, spec.conv_widths(level), dropout_at(level))))
         self.encoder = nn.ModuleList(levels[:-1])
         self.bottleneck = levels[-1]
         # Deepest level first: the order the decoder runs in; the keys still name the levels.
         decoder: dict[str, nn.Module] = {}
+        below = channels[-1]
         for skip in plan.skips:
-            cin, cout = channels[skip.level + 1], channels[skip.level]
+            level = skip.level
+            factor = spec.pool(level)
+            cup = channels[level] if spec.up_channels == "halve" else below
             if spec.upsampling == "transpose":
-                up: nn.Module = CONV_TRANSPOSE[dims](cin, cout, 2, stride=2)
+                up: nn.Module = CONV_TRANSPOSE[dims](below, cup, factor, stride=factor, bias=spec.up_bias)
             else:
                 up = UpsampleConv(
-                    cin,
-                    cout,
-                    dims=dims,
-                    interpolation=_interpolation(spec.interpolation, dims),
-                    pad_mode=PAD_MODE[spec.padding_mode],
+                    below, cup, factor=factor, interpolation=INTERPOLATION[spec.interpolation][dims],
+                    pad_mode=pad_mode, bias=spec.up_bias,
                 )
             crop = CentreCrop([(c, c) for c in skip.crop])
-            decoder[str(skip.level)] = DecoderLevel(up, crop, block(2 * cout, cout))
+            widths = (channels[level],) * spec.convs_per_level
+            decoder[str(level)] = DecoderLevel(up, crop, block(level, channels[level] + cup, widths, dropout_at(level)))
+            below = channels[level]
         self.decoder = nn.ModuleDict(decoder)
         self.head = CONV[dims](channels[0], spec.out_channels, 1)
-        if self.same_output:
-            self.pad_input = MirrorPad()
-            self.crop_output = OutputCrop()
+        self.pad_input = MirrorPad()
+        self.crop_output = OutputCrop()
+        self.final = FINAL[spec.final_activation]() if spec.final_activation != "none" else nn.Identity()
+
+    @torch.jit.unused
+    def check(self, x: torch.Tensor) -> None:
+        """Raise :class:`~unetgen.errors.SizeError` if the network cannot take ``x`` (same message as the plan)."""
+        from .errors import SizeError
+
+        if x.dim() != self.spatial_dims + 2:
+            raise SizeError(
+                f"input has shape {tuple(x.shape)}; expected (batch, {self.spec.in_channels}, "
+                f"{', '.join(['size'] * self.spatial_dims)})"
+            )
+        if x.shape[1] != self.spec.in_channels:
+            raise SizeError(f"input has {x.shape[1]} channels; the network takes {self.spec.in_channels}")
+        check_input_size(self.spec, tuple(int(s) for s in x.shape[2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment ``x`` of shape ``(batch, in_channels, *spatial)``.
 
         Raises:
-            SizeError: (outside tracing and scripting) when the network cannot take ``x``'s spatial size.
+            SizeError: (in eager mode) when the network cannot take ``x``'s shape.
         """
-        if x.dim() != self.spec.spatial_dims + 2:
-            from .errors import SizeError
-
-            raise SizeError(
-                f"input has shape {tuple(x.shape)}; expected (batch, {self.spec.in_channels}, "
-                f"{', '.join(['size'] * self.spec.spatial_dims)})"
-            )
-        margins: list[tuple[int, int]] = []
+        if not torch.jit.is_scripting():
+            if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+                self.check(x)
+        margins: List[Tuple[int, int]] = []
         if self.same_output:
-            steps, margins = _same_output_plan(self.plan, tuple(int(s) for s in x.shape[2:]))
-            x = self.pad_input(x, steps)
-        elif not torch.jit.is_tracing() and not torch.compiler.is_compiling():
-            check_input_size(self.spec, tuple(int(s) for s in x.shape[2:]))
-        skips: list[torch.Tensor] = []
+            rounds, margins = self._same_output(x)
+            x = self.pad_input(x, rounds)
+        skips: List[torch.Tensor] = []
         for level in self.encoder:
             x = level(x)
             skips.append(x)
@@ -141,43 +184,81 @@ class UNet(nn.Module):
         x = self.head(x)
         if self.same_output:
             x = self.crop_output(x, margins)
-        return x
+        return self.final(x)
+
+    def _same_output(self, x: torch.Tensor) -> Tuple[List[List[int]], List[Tuple[int, int]]]:
+        """Mirror rounds (in ``F.pad`` order) and output crop for ``output: same``, from the plan's arithmetic."""
+        per_axis: List[List[Tuple[int, int]]] = []
+        margins: List[Tuple[int, int]] = []
+        for axis in range(self.spatial_dims):
+            size = x.shape[axis + 2]
+            pads = sizes.same_output_pads(
+                size, self.lattice_first[axis], self.lattice_step[axis], self.lattice_border[axis]
+            )
+            per_axis.append(sizes.mirror_rounds(size, pads[0], pads[1]))
+            margins.append((pads[2], pads[3]))
+        count = 0
+        for rounds in per_axis:
+            count = max(count, len(rounds))
+        flat_rounds: List[List[int]] = []
+        for index in range(count):
+            flat: List[int] = []
+            for axis in range(self.spatial_dims - 1, -1, -1):  # F.pad lists the last axis first
+                rounds = per_axis[axis]
+                if index < len(rounds):
+                    flat += [rounds[index][0], rounds[index][1]]
+                else:
+                    flat += [0, 0]
+            flat_rounds.append(flat)
+        return flat_rounds, margins
 
 
-def _interpolation(name: str, dims: int) -> str:
-    from .layers import INTERPOLATION
+def init_paper(model: nn.Module) -> None:
+    """He et al. initialisation as in Ronneberger et al. 2015, sec. 3: normal, std √(2/N), zero biases.
 
-    return INTERPOLATION[name][dims]
-
-
-def _same_output_plan(plan: Plan, size: tuple[int, ...]) -> tuple[list[list[int]], list[tuple[int, int]]]:
-    """Mirror steps (in ``F.pad`` order) and the output crop for ``output: same`` at ``size``, from the plan."""
-    check_input_size(plan.spec, size)
-    ios = [sizes.same_output_io(s, grid) for s, grid in zip(size, plan.lattices)]
-    per_axis = [sizes.mirror_steps(s, io.pad) for s, io in zip(size, ios)]
-    rounds = max((len(steps) for steps in per_axis), default=0)
-    flat_steps: list[list[int]] = []
-    for index in range(rounds):
-        flat: list[int] = []
-        for steps in reversed(per_axis):  # F.pad lists the last axis first
-            before, after = steps[index] if index < len(steps) else (0, 0)
-            flat += [before, after]
-        flat_steps.append(flat)
-    return flat_steps, [io.crop for io in ios]
+    N is the number of inputs of one neuron: ``in_channels × kernel taps`` for a convolution, and for a transposed
+    convolution the taps that reach one output pixel (``in_channels × kernel / stride``, i.e. ``in_channels`` for
+    the 2×2 stride-2 up-convolution).
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
+        elif isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            fan_in = module.in_channels * math.prod(module.kernel_size) // math.prod(module.stride)
+        else:
+            continue
+        nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / fan_in))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
-def build(spec: UNetSpec | str, input_size: tuple[int, ...] | list[int] | None = None) -> UNet:
+def build(
+    spec: UNetSpec | str, input_size: tuple[int, ...] | list[int] | None = None, *, seed: int | None = None
+) -> UNet:
     """Build the network a spec describes.
 
     Args:
         spec: a :class:`~unetgen.spec.UNetSpec`, a preset name or a YAML path.
         input_size: the size to plan at (default: the spec's); the built network takes every valid size.
+        seed: makes the initial weights deterministic (without touching the global random state).
 
     Returns:
-        A plain ``nn.Module`` with PyTorch's default initialisation; ``model.plan`` is its plan.
+        A plain ``nn.Module`` initialised as ``spec.init`` says; ``model.plan`` is its plan.
 
     Raises:
         SpecError: when the spec is invalid.
         SizeError: when ``input_size`` is not a size the network can take.
     """
-    return UNet(make_plan(load_spec(spec), input_size))
+    plan = make_plan(load_spec(spec), input_size)
+    if seed is None:
+        return _construct(plan)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _construct(plan)
+
+
+def _construct(plan: Plan) -> UNet:
+    model = UNet(plan)
+    if plan.spec.init == "paper":
+        init_paper(model)
+    return model

@@ -67,6 +67,8 @@ class Plan:
         skips: the skip connections, top level first.
         lattices: valid core input sizes per axis.
         parameters: trainable parameters.
+        norm_parameters: the normalisation layers' share of ``parameters`` (their scale and shift), which some
+            papers leave out of their counts.
         conv_layers: convolutional layers (block convolutions, up-convolutions and the 1×1 head).
     """
 
@@ -81,6 +83,7 @@ class Plan:
     lattices: tuple[sizes.Lattice, ...]
     parameters: int
     conv_layers: int
+    norm_parameters: int = 0
     axis_names: tuple[str, ...] = field(default=())
 
     @property
@@ -134,6 +137,7 @@ class Plan:
                 for name, g in zip(self.axis_names, self.lattices)
             ],
             "parameters": self.parameters,
+            "norm_parameters": self.norm_parameters,
             "conv_layers": self.conv_layers,
         }
 
@@ -147,16 +151,25 @@ def geometry(spec: UNetSpec) -> tuple[sizes.AxisGeometry, ...]:
     Returns:
         One :class:`~unetgen.sizes.AxisGeometry` per spatial axis.
     """
-    pad = (spec.kernel_size - 1) // 2
-    if spec.padding == "valid":
-        shrink, minimum = spec.kernel_size - 1, 1
-    else:
-        shrink = 0
-        minimum = {"zeros": 1, "replicate": 1, "reflect": pad + 1, "circular": max(pad, 1)}[spec.padding_mode]
-    axis = sizes.AxisGeometry(
-        depth=spec.depth, convs=spec.convs_per_level, shrink=shrink, pool=2, min_conv_input=minimum
-    )
-    return (axis,) * spec.spatial_dims
+    axes = []
+    for axis in range(spec.spatial_dims):
+        kernels = [spec.kernel(level)[axis] for level in range(spec.depth)]
+        if spec.padding == "valid":
+            shrinks = tuple(k - 1 for k in kernels)
+            minimums = (1,) * spec.depth
+        else:
+            shrinks = (0,) * spec.depth
+            minimums = tuple(_min_padded_input(spec.padding_mode, (k - 1) // 2) for k in kernels)
+        pools = tuple(spec.pool(level)[axis] for level in range(spec.depth - 1))
+        axes.append(sizes.AxisGeometry(spec.convs_per_level, shrinks, pools, minimums))
+    return tuple(axes)
+
+
+def _min_padded_input(mode: str, pad: int) -> int:
+    """Smallest size a convolution padded by ``pad`` in ``mode`` can take (torch: reflect needs pad < size)."""
+    if pad == 0:
+        return 1
+    return {"zeros": 1, "replicate": 1, "reflect": pad + 1, "circular": pad}[mode]
 
 
 def lattices(spec: UNetSpec) -> tuple[sizes.Lattice, ...]:
@@ -226,6 +239,60 @@ def _resolve_sizes(
     return grids, tuple(ios), tuple(traces)
 
 
+class _ParamCounter:
+    """Trainable parameters of each kind of block, as the modules in :mod:`unetgen.layers` have them."""
+
+    def __init__(self, spec: UNetSpec) -> None:
+        self.spec = spec
+        self.norm_total = 0
+        self.projections = 0
+
+    def block(self, cin: int, widths: tuple[int, ...], kernel: tuple[int, ...]) -> int:
+        spec = self.spec
+        bias = int(spec.uses_conv_bias)
+        taps = 1
+        for k in kernel:
+            taps *= k
+        total, channels = 0, cin
+        for width in widths:
+            total += channels * width * taps + bias * width
+            if spec.norm != "none":
+                total += 2 * width
+                self.norm_total += 2 * width
+            if spec.activation == "prelu":
+                total += 1
+            channels = width
+        if spec.block == "residual" and cin != widths[-1]:
+            total += cin * widths[-1] + bias * widths[-1]
+            self.projections += 1
+        return total
+
+    def up(self, cin: int, cout: int, factor: tuple[int, ...]) -> int:
+        taps = 1
+        for f in factor:
+            taps *= f
+        return cin * cout * taps + int(self.spec.up_bias) * cout
+
+
+def _block_words(spec: UNetSpec, level: int, widths: tuple[int, ...]) -> str:
+    """E.g. ``2× [conv 3×3 valid, relu]`` or ``[conv 3×3×3 → 32, conv 3×3×3 → 64] (batch norm, relu)``."""
+    kernel = _fmt(spec.kernel(level))
+    pad = spec.padding + (f" {spec.padding_mode}" if spec.padding == "same" and spec.padding_mode != "zeros" else "")
+    parts = [f"conv {kernel} {pad}"]
+    if spec.norm != "none":
+        parts.append(f"{spec.norm} norm")
+    parts.append(spec.activation if spec.activation != "leaky_relu" else f"leaky_relu {spec.negative_slope:g}")
+    if len(set(widths)) == 1:
+        words = f"{len(widths)}× [{', '.join(parts)}]"
+    else:
+        words = f"{len(widths)}× [{', '.join(parts)}] → {'/'.join(map(str, widths))} ch"
+    if spec.block == "residual":
+        words = f"residual {words}"
+    if spec.dropout_at == "every_level" or (spec.dropout_at == "bottleneck" and level == spec.depth - 1):
+        words += f", dropout {spec.dropout:g}"
+    return words
+
+
 def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = None) -> Plan:
     """Work out every shape of ``spec`` at ``input_size``, without building anything.
 
@@ -245,21 +312,7 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
     grids, ios, traces = _resolve_sizes(spec, size, label)
     dims = spec.spatial_dims
     channels = spec.level_channels
-    k = spec.kernel_size
-    kernel = "×".join([str(k)] * dims)
-    two = "×".join(["2"] * dims)
-    norm = {"none": "", "batch": "batchnorm, "}[spec.norm]
-    pad_note = f" {spec.padding}" + (f" ({spec.padding_mode})" if spec.padding == "same" else "")
-    conv_words = f"{spec.convs_per_level}× [conv {kernel}{pad_note}, {norm}{spec.activation}]"
-    bias = int(spec.uses_conv_bias)
-    norm_params = 2 if spec.norm == "batch" else 0
-
-    def block_params(cin: int, cout: int) -> int:
-        total = 0
-        for _ in range(spec.convs_per_level):
-            total += cin * cout * k**dims + bias * cout + norm_params * cout
-            cin = cout
-        return total
+    counts = _ParamCounter(spec)
 
     def spatial(pick: Any) -> tuple[int, ...]:
         return tuple(pick(trace) for trace in traces)
@@ -269,22 +322,29 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
     core_input = tuple(io.core_input if io else s for io, s in zip(ios, size))
     if spec.output == "same":
         pads = ", ".join(f"{a}+{b}" for a, b in mirror)
-        blocks.append(Block("pad_input", f"mirror (reflect) {pads} → {_fmt(core_input)}", (spec.in_channels, *core_input), 0))
+        blocks.append(
+            Block("pad_input", f"mirror (reflect) {pads} → {_fmt(core_input)}", (spec.in_channels, *core_input), 0)
+        )
     for level in range(spec.depth):
         cin = spec.in_channels if level == 0 else channels[level - 1]
-        words = conv_words if level == 0 else f"maxpool {two} → {conv_words}"
+        words = _block_words(spec, level, spec.conv_widths(level))
+        if level > 0:
+            words = f"maxpool {_fmt(spec.pool(level - 1))} → {words}"
         shape = (channels[level], *spatial(lambda t, lv=level: t.encoder[lv]))
-        blocks.append(Block(sizes.level_name(level, spec.depth), words, shape, block_params(cin, channels[level])))
+        params = counts.block(cin, spec.conv_widths(level), spec.kernel(level))
+        blocks.append(Block(sizes.level_name(level, spec.depth), words, shape, params))
     skips: list[Skip] = []
+    below = channels[-1]
     for level in reversed(range(spec.depth - 1)):
-        cin, cout = channels[level + 1], channels[level]
+        factor = spec.pool(level)
+        cup = channels[level] if spec.up_channels == "halve" else below
         up_size = spatial(lambda t, lv=level: t.up[lv])
         if spec.upsampling == "transpose":
-            up_words = f"transposed conv {two}, stride 2"
+            up_words = f"transposed conv {_fmt(factor)}, stride {_fmt(factor)}"
         else:
             mode = "nearest" if spec.interpolation == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
-            up_words = f"upsample ×2 ({mode}) → conv {two} (padded 1 at the far side, {spec.padding_mode})"
-        blocks.append(Block(f"decoder.{level}.up", up_words, (cout, *up_size), cin * cout * 2**dims + cout))
+            up_words = f"upsample ×{_fmt(factor)} ({mode}) → conv {_fmt(factor)} (padded at the far side)"
+        blocks.append(Block(f"decoder.{level}.up", up_words, (cup, *up_size), counts.up(below, cup, factor)))
         source = spatial(lambda t, lv=level: t.encoder[lv])
         crop = spatial(lambda t, lv=level: t.crop[lv])
         skips.append(Skip(level, source, up_size, crop))
@@ -293,19 +353,25 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
             crop_words = f"centre-crop encoder.{level} {_fmt(source)} → {_fmt(up_size)} ({per_side} per side)"
         else:
             crop_words = f"encoder.{level} as is ({_fmt(source)})"
-        blocks.append(Block(f"decoder.{level}.crop", crop_words, (cout, *up_size), 0))
-        out = (cout, *spatial(lambda t, lv=level: t.decoder[lv]))
-        blocks.append(
-            Block(f"decoder.{level}.convs", f"concat → {2 * cout} ch, {conv_words}", out, block_params(2 * cout, cout))
-        )
+        blocks.append(Block(f"decoder.{level}.crop", crop_words, (channels[level], *up_size), 0))
+        widths = (channels[level],) * spec.convs_per_level
+        out = (channels[level], *spatial(lambda t, lv=level: t.decoder[lv]))
+        cin = channels[level] + cup
+        words = f"concat → {cin} ch, {_block_words(spec, level, widths)}"
+        blocks.append(Block(f"decoder.{level}.convs", words, out, counts.block(cin, widths, spec.kernel(level))))
+        below = channels[level]
     core_output = spatial(lambda t: t.output)
-    blocks.append(
-        Block("head", f"conv {'×'.join(['1'] * dims)}", (spec.out_channels, *core_output), channels[0] * spec.out_channels + spec.out_channels)
-    )
+    head_params = channels[0] * spec.out_channels + spec.out_channels
+    blocks.append(Block("head", f"conv {_fmt((1,) * dims)}", (spec.out_channels, *core_output), head_params))
     output_crop = tuple(io.crop if io else (0, 0) for io in ios)
     output_size = tuple(c - a - b for c, (a, b) in zip(core_output, output_crop))
     if spec.output == "same":
-        blocks.append(Block("crop_output", f"crop to the input's size {_fmt(output_size)}", (spec.out_channels, *output_size), 0))
+        blocks.append(
+            Block("crop_output", f"crop to the input's size {_fmt(output_size)}", (spec.out_channels, *output_size), 0)
+        )
+    if spec.final_activation != "none":
+        words = {"sigmoid": "sigmoid", "softmax": "softmax over channels"}[spec.final_activation]
+        blocks.append(Block("final", words, (spec.out_channels, *output_size), 0))
     return Plan(
         spec=spec,
         input_size=size,
@@ -317,6 +383,7 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
         skips=tuple(skips),
         lattices=grids,
         parameters=sum(b.params for b in blocks),
-        conv_layers=(2 * spec.depth - 1) * spec.convs_per_level + (spec.depth - 1) + 1,
+        norm_parameters=counts.norm_total,
+        conv_layers=(2 * spec.depth - 1) * spec.convs_per_level + (spec.depth - 1) + 1 + counts.projections,
         axis_names=_AXIS_NAMES[dims],
     )

@@ -13,6 +13,7 @@ A U-Net's sizes along each axis are independent, so everything here works on one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List, Tuple
 
 
 @dataclass(frozen=True)
@@ -20,18 +21,27 @@ class AxisGeometry:
     """Everything about a network that matters for sizes along one axis.
 
     Attributes:
-        depth: resolution levels, bottleneck included.
         convs: convolutions per level.
-        shrink: pixels one convolution removes (``kernel - 1`` when unpadded, 0 when padded).
-        pool: max-pool factor between levels.
-        min_conv_input: the smallest size a convolution can take (a reflect-padded 3-wide kernel needs 2).
+        shrinks: pixels one convolution removes at each level (``kernel - 1`` when unpadded, 0 when padded).
+        pools: max-pool (and up-sampling) factor below each level: ``depth - 1`` entries.
+        min_conv_inputs: the smallest size a convolution can take at each level (a reflect-padded 3-wide kernel
+            needs 2).
     """
 
-    depth: int
     convs: int
-    shrink: int
-    pool: int = 2
-    min_conv_input: int = 1
+    shrinks: tuple[int, ...]
+    pools: tuple[int, ...]
+    min_conv_inputs: tuple[int, ...]
+
+    @property
+    def depth(self) -> int:
+        """Resolution levels, bottleneck included."""
+        return len(self.shrinks)
+
+    @classmethod
+    def uniform(cls, depth: int, convs: int, shrink: int, pool: int = 2, min_conv_input: int = 1) -> AxisGeometry:
+        """The same kernel and pool factor at every level."""
+        return cls(convs, (shrink,) * depth, (pool,) * (depth - 1), (min_conv_input,) * depth)
 
 
 @dataclass(frozen=True)
@@ -70,15 +80,14 @@ def level_name(level: int, depth: int) -> str:
     return "bottleneck" if level == depth - 1 else f"encoder.{level}"
 
 
-def _convolve(size: int, geometry: AxisGeometry, where: str) -> int:
+def _convolve(size: int, geometry: AxisGeometry, level: int, where: str) -> int:
+    shrink, minimum = geometry.shrinks[level], geometry.min_conv_inputs[level]
     for index in range(geometry.convs):
-        if size < geometry.min_conv_input:
-            raise AxisSizeError(
-                where, f"convolution {index + 1} gets a size of {size}, below its minimum of {geometry.min_conv_input}"
-            )
-        size -= geometry.shrink
+        if size < minimum:
+            raise AxisSizeError(where, f"convolution {index + 1} gets a size of {size}, below its minimum of {minimum}")
+        size -= shrink
         if size < 1:
-            raise AxisSizeError(where, f"convolution {index + 1} leaves no pixels (size {size + geometry.shrink})")
+            raise AxisSizeError(where, f"convolution {index + 1} leaves no pixels (size {size + shrink})")
     return size
 
 
@@ -103,18 +112,19 @@ def trace(size: int, geometry: AxisGeometry) -> AxisTrace:
     for level in range(geometry.depth):
         where = level_name(level, geometry.depth)
         if level > 0:
-            if current % geometry.pool:
-                kind = "an odd" if geometry.pool == 2 else "an indivisible"
-                raise AxisSizeError(where, f"max-pools {kind} size ({current})")
-            current //= geometry.pool
-        current = _convolve(current, geometry, where)
+            factor = geometry.pools[level - 1]
+            if current % factor:
+                what = f"an odd size ({current})" if factor == 2 else f"a size ({current}) not divisible by {factor}"
+                raise AxisSizeError(where, f"max-pools {what}")
+            current //= factor
+        current = _convolve(current, geometry, level, where)
         encoder.append(current)
     up = [0] * (geometry.depth - 1)
     crop = [0] * (geometry.depth - 1)
     decoder = [0] * (geometry.depth - 1)
     for level in reversed(range(geometry.depth - 1)):
         where = f"decoder.{level}"
-        current *= geometry.pool
+        current *= geometry.pools[level]
         up[level] = current
         margin = encoder[level] - current
         if margin < 0 or margin % 2:
@@ -122,7 +132,7 @@ def trace(size: int, geometry: AxisGeometry) -> AxisTrace:
                 where, f"cannot centre-crop its skip connection ({encoder[level]}) to the up-sampled size ({current})"
             )
         crop[level] = margin // 2
-        current = _convolve(current, geometry, where)
+        current = _convolve(current, geometry, level, where)
         decoder[level] = current
     return AxisTrace(encoder=tuple(encoder), up=tuple(up), crop=tuple(crop), decoder=tuple(decoder))
 
@@ -183,8 +193,9 @@ class Lattice:
 def lattice(geometry: AxisGeometry) -> Lattice:
     """Work out the valid input sizes along one axis.
 
-    Every constraint is either a divisibility (one per max-pool, together one residue modulo ``pool**(depth-1)``)
-    or a lower bound, so the valid sizes are the residue class from its smallest member up. The smallest member is
+    Every constraint is either a divisibility (one per max-pool, together one residue modulo the product of the pool factors)
+    or a lower bound, so the valid sizes are one residue class modulo the product of the pool factors, from its
+    smallest member up. The smallest member is
     found from the bottom: the smallest bottleneck size that works, grown back up through the encoder.
 
     Args:
@@ -193,14 +204,16 @@ def lattice(geometry: AxisGeometry) -> Lattice:
     Returns:
         The lattice of valid sizes and the border.
     """
-    step = geometry.pool ** (geometry.depth - 1)
+    step = 1
+    for factor in geometry.pools:
+        step *= factor
     bottleneck = 1
     while True:
         size = bottleneck
         for level in reversed(range(geometry.depth)):
-            size += geometry.convs * geometry.shrink
+            size += geometry.convs * geometry.shrinks[level]
             if level > 0:
-                size *= geometry.pool
+                size *= geometry.pools[level - 1]
         if is_valid(size, geometry):
             output = trace(size, geometry).output
             return Lattice(first=size, step=step, border=(size - output) // 2)
@@ -222,52 +235,69 @@ class SameOutputIO:
     crop: tuple[int, int]
 
 
-def same_output_io(size: int, grid: Lattice) -> SameOutputIO:
-    """Mirror padding and output crop that make the output exactly ``size``, for any ``size >= 1``.
+def same_output_pads(size: int, first: int, step: int, border: int) -> Tuple[int, int, int, int]:
+    """Mirror and crop for ``output: same`` along one axis, as plain integers (TorchScript can compile this).
 
     The core runs on the smallest lattice point whose output covers ``size``; the input is mirrored by the
     network's border plus half the surplus on each side, so output pixel *i* lies over input pixel *i*.
+
+    Args:
+        size: the input size.
+        first: the lattice's smallest valid size.
+        step: the lattice's step.
+        border: the network's border per side.
+
+    Returns:
+        ``(pad_before, pad_after, crop_before, crop_after)``.
+    """
+    target = size + 2 * border
+    core = first
+    if target > first:
+        core = first + ((target - first + step - 1) // step) * step
+    surplus = core - 2 * border - size
+    before = surplus // 2
+    pad_before = border + before
+    return pad_before, core - size - pad_before, before, surplus - before
+
+
+def same_output_io(size: int, grid: Lattice) -> SameOutputIO:
+    """Mirror padding and output crop that make the output exactly ``size``, for any ``size >= 1``.
 
     Args:
         size: the input size along the axis.
         grid: the core network's lattice.
 
     Returns:
-        The core size, the padding and the crop.
+        The core size, the padding and the crop (see :func:`same_output_pads`).
     """
-    core = grid.at_least(size + 2 * grid.border)
-    surplus = grid.output(core) - size
-    before = surplus // 2
-    pad_before = grid.border + before
+    pad_before, pad_after, crop_before, crop_after = same_output_pads(size, grid.first, grid.step, grid.border)
     return SameOutputIO(
-        core_input=core, pad=(pad_before, core - size - pad_before), crop=(before, surplus - before)
+        core_input=size + pad_before + pad_after, pad=(pad_before, pad_after), crop=(crop_before, crop_after)
     )
 
 
-def mirror_steps(size: int, pad: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+def mirror_rounds(size: int, before: int, after: int) -> List[Tuple[int, int]]:
     """Split a mirror (reflect) padding into rounds that each reflect less than the original size.
 
     A reflect pad must be smaller than the size it reflects. Larger pads are done in rounds of ``size - 1``: each
     full round ends on a mirror point of the image's periodic reflection, so the next round continues it, and
-    the result equals ``numpy.pad(..., mode="reflect")``.
+    the result equals ``numpy.pad(..., mode="reflect")``. Plain integers, so TorchScript can compile it.
 
     Args:
         size: the size before padding (at least 2 when any padding is needed).
-        pad: total ``(before, after)`` padding.
+        before: total padding before.
+        after: total padding after.
 
     Returns:
         The ``(before, after)`` padding of each round, in order; empty when no padding is needed.
-
-    Raises:
-        AxisSizeError: when padding is needed and ``size`` is 1.
     """
-    before, after = pad
-    if (before or after) and size < 2:
-        raise AxisSizeError("input", f"a size of {size} cannot be mirrored; the smallest size is 2")
-    steps: list[tuple[int, int]] = []
-    while before or after:
-        step = (min(before, size - 1), min(after, size - 1))
-        steps.append(step)
-        before -= step[0]
-        after -= step[1]
-    return tuple(steps)
+    rounds: List[Tuple[int, int]] = []
+    if (before > 0 or after > 0) and size < 2:
+        raise ValueError("a size of 1 cannot be mirrored; the smallest size is 2")
+    while before > 0 or after > 0:
+        first = min(before, size - 1)
+        second = min(after, size - 1)
+        rounds.append((first, second))
+        before -= first
+        after -= second
+    return rounds

@@ -22,11 +22,15 @@ from .yaml_loader import parse_yaml, read_yaml_file
 DEFAULT_SIZE_HINT = {1: 572, 2: 572, 3: 132}
 
 
+PerAxis = int | list[int]
+
+
 class UNetSpec(BaseModel):
     """A U-Net, described by its architecture choices. The defaults are the 2015 paper's network.
 
     Build one in code (``UNetSpec(depth=4, padding="same")``), from a file (:func:`load_spec`) or from a preset
-    (:func:`preset`), and derive variants with :meth:`replace`, which validates again.
+    (:func:`preset`), and derive variants with :meth:`replace`, which validates again. Fields are validated in the
+    order they are declared, so a check that involves two fields is reported on the later one.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -39,25 +43,44 @@ class UNetSpec(BaseModel):
     depth: int = Field(
         5, ge=1, le=12, description="Resolution levels, bottleneck included (the paper's is 5: four max-pools)."
     )
+    convs_per_level: int = Field(2, ge=1, le=16, description="Convolutions in each level's block (the paper: 2).")
     width: int | None = Field(
         None,
         ge=1,
         le=65536,
-        description="Channels at the first level, doubling at each level below (default 64). "
+        description="Channels at the first level (default 64), multiplied by `growth` at each level below. "
         "Give `width` or `channels`, not both.",
     )
-    channels: list[int] | None = Field(
-        None,
-        description="Channels at each level, top to bottom, one per level (instead of `width`), "
-        "e.g. [64, 128, 256, 512, 1024].",
+    growth: float = Field(2.0, ge=1.0, le=4.0, description="Channel growth per level with `width` (rounded).")
+    max_channels: int | None = Field(
+        None, ge=1, le=65536, description="Cap on the channels of any level with `width` (nnU-Net caps at 320)."
     )
-    convs_per_level: int = Field(2, ge=1, le=16, description="Convolutions in each level's block (the paper: 2).")
+    channels: list[PerAxis] | None = Field(
+        None,
+        description="Channels of each level, top to bottom (instead of `width`): one entry per level, either the "
+        "level's width or a list of the widths of its convolutions (the 3D U-Net: [[32, 64], [64, 128], ...]).",
+    )
+    up_channels: Literal["halve", "keep"] = Field(
+        "halve",
+        description="`halve`: the up-convolution outputs the channels of the level it goes up to (half, with the "
+        "default doubling: the 2015 paper); `keep`: it keeps its input's channels (the 3D U-Net).",
+    )
     padding: Literal["valid", "same"] = Field(
         "valid",
         description="`valid`: unpadded convolutions that shrink the map, as in the paper; "
         "`same`: padded convolutions that keep its size.",
     )
-    kernel_size: int = Field(3, ge=1, le=15, description="Convolution kernel size (odd), per axis.")
+    kernel_size: int = Field(3, ge=1, le=15, description="Convolution kernel size (odd), every axis, every level.")
+    kernel_sizes: list[PerAxis] | None = Field(
+        None,
+        description="Kernel size per level (overrides `kernel_size`): one entry per level, a size or one size per "
+        "axis, odd (nnU-Net on thick slices: [[1, 3, 3], [3, 3, 3], ...]).",
+    )
+    pool_sizes: list[PerAxis] | None = Field(
+        None,
+        description="Max-pool factor below each level: depth − 1 entries, a factor or one per axis "
+        "(default 2; anisotropic data: [[1, 2, 2], [2, 2, 2], ...]). Up-sampling uses the same factors.",
+    )
     upsampling: Literal["upsample_conv", "transpose"] = Field(
         "transpose",
         description="`transpose`: 2×2 stride-2 transposed convolution (the paper's released Caffe model); "
@@ -73,15 +96,41 @@ class UNetSpec(BaseModel):
         description="How every padded convolution pads: the `same` convolutions and the 2×2 convolution of "
         "`upsample_conv`.",
     )
-    norm: Literal["none", "batch"] = Field(
-        "none", description="Normalisation after each convolution, before the activation: none or batch."
+    norm: Literal["none", "batch", "instance", "group", "layer"] = Field(
+        "none",
+        description="Normalisation after each convolution, before the activation (each with a learned scale and "
+        "shift; `layer` normalises each sample over channels and space, GroupNorm with one group).",
     )
+    norm_groups: int = Field(8, ge=1, le=4096, description="Groups of `norm: group`; must divide every width.")
     conv_bias: bool | None = Field(
         None,
         description="Bias on the block convolutions. Default: on without normalisation, off with it (the "
         "norm's shift makes it redundant).",
     )
-    activation: Literal["relu"] = Field("relu", description="Activation after each convolution (and norm).")
+    up_bias: bool = Field(True, description="Bias on the up-convolutions.")
+    activation: Literal["relu", "leaky_relu", "elu", "gelu", "silu", "prelu"] = Field(
+        "relu", description="Activation after each convolution (and norm)."
+    )
+    negative_slope: float = Field(0.01, ge=0.0, le=1.0, description="Slope of `leaky_relu` below zero.")
+    block: Literal["plain", "residual"] = Field(
+        "plain",
+        description="`plain`: convolutions in a row; `residual`: the block's input is added to its output before "
+        "the last activation (through a 1×1 projection when the widths differ; centre-cropped when valid).",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate (0: none).")
+    dropout_at: Literal["none", "bottleneck", "every_level"] = Field(
+        "none",
+        description="Where dropout goes: after the bottleneck's block (the paper's 'end of the contracting "
+        "path'), or after every level's block.",
+    )
+    init: Literal["pytorch", "paper"] = Field(
+        "pytorch",
+        description="Weight initialisation: PyTorch's default, or `paper`: He et al., normal with std √(2/N), "
+        "N the inputs of one neuron, zero biases (Ronneberger et al. 2015, sec. 3).",
+    )
+    final_activation: Literal["none", "sigmoid", "softmax"] = Field(
+        "none", description="Applied to the output: none (logits), sigmoid, or softmax over the channels."
+    )
     output: Literal["crop", "same"] = Field(
         "crop",
         description="`crop`: the paper's behaviour, the output is the input less the network's border; "
@@ -95,17 +144,23 @@ class UNetSpec(BaseModel):
 
     @field_validator("channels")
     @classmethod
-    def _channels_match_depth(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+    def _channels_match_depth(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
         if value is None:
             return value
         if info.data.get("width") is not None:
             raise ValueError("give either `width` or `channels`, not both")
-        depth = info.data.get("depth")
+        depth, convs = info.data.get("depth"), info.data.get("convs_per_level")
         if depth is not None and len(value) != depth:
-            raise ValueError(f"has {len(value)} entries but depth is {depth}; give one width per level")
-        for index, channels in enumerate(value):
-            if not 1 <= channels <= 65536:
-                raise ValueError(f"entry {index} is {channels}; each must be between 1 and 65536")
+            raise ValueError(f"has {len(value)} entries but depth is {depth}; give one per level")
+        for index, entry in enumerate(value):
+            widths = entry if isinstance(entry, list) else [entry]
+            if isinstance(entry, list) and convs is not None and len(entry) != convs:
+                raise ValueError(
+                    f"entry {index} lists {len(entry)} widths but convs_per_level is {convs}; give one per convolution"
+                )
+            for width in widths:
+                if not 1 <= width <= 65536:
+                    raise ValueError(f"entry {index}: width {width}; each must be between 1 and 65536")
         return value
 
     @field_validator("kernel_size")
@@ -113,6 +168,29 @@ class UNetSpec(BaseModel):
     def _kernel_is_odd(cls, value: int) -> int:
         if value % 2 == 0:
             raise ValueError(f"must be odd (got {value}): an even kernel has no centre, so crops cannot be central")
+        return value
+
+    @field_validator("kernel_sizes", "pool_sizes")
+    @classmethod
+    def _per_level_per_axis(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        if value is None:
+            return value
+        depth, dims = info.data.get("depth"), info.data.get("spatial_dims")
+        kernels = info.field_name == "kernel_sizes"
+        if depth is not None:
+            expected = depth if kernels else depth - 1
+            if len(value) != expected:
+                what = "one per level" if kernels else "one per max-pool (depth − 1)"
+                raise ValueError(f"has {len(value)} entries but depth is {depth}; give {expected}, {what}")
+        for index, entry in enumerate(value):
+            sizes = entry if isinstance(entry, list) else [entry]
+            if isinstance(entry, list) and dims is not None and len(entry) != dims:
+                raise ValueError(f"entry {index} has {len(entry)} sizes but spatial_dims is {dims}; give one per axis")
+            for size in sizes:
+                if kernels and (size < 1 or size > 15 or size % 2 == 0):
+                    raise ValueError(f"entry {index}: kernel size {size}; kernels must be odd, from 1 to 15")
+                if not kernels and not 1 <= size <= 8:
+                    raise ValueError(f"entry {index}: pool factor {size}; factors must be from 1 to 8")
         return value
 
     @field_validator("interpolation")
@@ -132,6 +210,34 @@ class UNetSpec(BaseModel):
             )
         return value
 
+    @field_validator("norm_groups")
+    @classmethod
+    def _groups_divide_widths(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("norm") != "group":
+            return value
+        try:
+            widths = _all_widths(info.data)
+        except (KeyError, TypeError):
+            return value  # an earlier field failed; it has its own error
+        bad = sorted({w for w in widths if w % value})
+        if bad:
+            raise ValueError(
+                f"{value} groups do not divide the widths {', '.join(map(str, bad))}; choose a divisor of every width"
+            )
+        return value
+
+    @field_validator("dropout_at")
+    @classmethod
+    def _dropout_rate_and_place(cls, value: str, info: ValidationInfo) -> str:
+        rate = info.data.get("dropout")
+        if rate is None:
+            return value
+        if value == "none" and rate > 0:
+            raise ValueError(f"is 'none' but dropout is {rate}; say where: bottleneck or every_level")
+        if value != "none" and rate == 0:
+            raise ValueError(f"is '{value}' but dropout is 0; give a rate such as 0.5")
+        return value
+
     @field_validator("input_size")
     @classmethod
     def _input_size_matches_dims(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
@@ -145,18 +251,31 @@ class UNetSpec(BaseModel):
                 raise ValueError(f"{size} is out of range; each size must be between 1 and 1000000")
         return value
 
+    def conv_widths(self, level: int) -> tuple[int, ...]:
+        """Output channels of each convolution of encoder level ``level`` (0 = top, ``depth - 1`` = bottleneck)."""
+        return _conv_widths(self.model_dump(), level)
+
     @property
     def level_channels(self) -> tuple[int, ...]:
-        """Channels of each level, top (full resolution) to bottom (bottleneck)."""
-        if self.channels is not None:
-            return tuple(self.channels)
-        width = 64 if self.width is None else self.width
-        return tuple(width * 2**level for level in range(self.depth))
+        """Output channels of each level, top (full resolution) to bottom (bottleneck)."""
+        return tuple(self.conv_widths(level)[-1] for level in range(self.depth))
 
     @property
     def uses_conv_bias(self) -> bool:
         """Whether the block convolutions have a bias (resolves the ``None`` default of ``conv_bias``)."""
         return self.norm == "none" if self.conv_bias is None else self.conv_bias
+
+    def kernel(self, level: int) -> tuple[int, ...]:
+        """Kernel size per axis at ``level`` (encoder and decoder alike)."""
+        if self.kernel_sizes is None:
+            return (self.kernel_size,) * self.spatial_dims
+        return _per_axis(self.kernel_sizes[level], self.spatial_dims)
+
+    def pool(self, level: int) -> tuple[int, ...]:
+        """Max-pool (and up-sampling) factor per axis between ``level`` and ``level + 1``."""
+        if self.pool_sizes is None:
+            return (2,) * self.spatial_dims
+        return _per_axis(self.pool_sizes[level], self.spatial_dims)
 
     def replace(self, **changes: Any) -> UNetSpec:
         """Return a copy with some fields changed, validated again.
@@ -179,6 +298,31 @@ class UNetSpec(BaseModel):
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def _per_axis(entry: int | list[int], dims: int) -> tuple[int, ...]:
+    return tuple(entry) if isinstance(entry, list) else (entry,) * dims
+
+
+def _conv_widths(data: dict[str, Any], level: int) -> tuple[int, ...]:
+    """Widths of one level's convolutions from (possibly partly validated) field data."""
+    convs = data["convs_per_level"]
+    channels = data.get("channels")
+    if channels is not None:
+        entry = channels[level]
+        return tuple(entry) if isinstance(entry, list) else (entry,) * convs
+    width = 64 if data.get("width") is None else data["width"]
+    value = int(round(width * data.get("growth", 2.0) ** level))
+    if data.get("max_channels") is not None:
+        value = min(value, data["max_channels"])
+    return (value,) * convs
+
+
+def _all_widths(data: dict[str, Any]) -> set[int]:
+    widths = {w for level in range(data["depth"]) for w in _conv_widths(data, level)}
+    if data.get("up_channels") == "keep":
+        widths |= {_conv_widths(data, level)[-1] for level in range(data["depth"])}
+    return widths
 
 
 #: Accepted values of each option field, for "did you mean" suggestions.

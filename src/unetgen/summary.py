@@ -32,6 +32,11 @@ def render(plan: Plan, source: str | None = None) -> str:
     lines.append("")
     mib = plan.parameters * 4 / 2**20
     lines.append(f"{plan.conv_layers} conv layers · {plan.parameters:,} parameters ({mib:,.1f} MiB as float32)")
+    if plan.norm_parameters:
+        lines.append(
+            f"{plan.parameters - plan.norm_parameters:,} parameters without the norms' scale and shift "
+            f"({plan.norm_parameters:,}), the count some papers give"
+        )
     grids = plan.lattices
     if spec.output == "same":
         lines.append("takes any input size from 2 per axis; the output has the input's size")
