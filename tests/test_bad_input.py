@@ -35,6 +35,8 @@ CASES = [
     ("input_size: [572]\n", ["input_size", "spatial_dims is 2"]),
     ("padding_mode: reflect\n", ["padding_mode", "no effect"]),
     ("interpolation: linear\n", ["interpolation", "upsample_conv"]),
+    ("norm: group\nwidth: 4\n", ["norm_groups", "8 groups do not divide the widths 4"]),
+    ("dropout: 0.5\n", ["dropout_at", "say where"]),
     ("- depth\n- 5\n", ["bad.yaml", "a mapping", "got a list"]),
     ("just text\n", ["bad.yaml", "a mapping", "got a str"]),
     ("", ["bad.yaml", "empty"]),

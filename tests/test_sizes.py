@@ -20,6 +20,7 @@ def geometries(draw):
         shrinks=tuple(draw(st.lists(st.sampled_from([0, 2, 4, 6]), min_size=depth, max_size=depth))),
         pools=tuple(draw(st.lists(st.sampled_from([1, 2, 2, 3]), min_size=depth - 1, max_size=depth - 1))),
         min_conv_inputs=tuple(draw(st.lists(st.integers(1, 3), min_size=depth, max_size=depth))),
+        min_map=draw(st.sampled_from([1, 2])),
     )
 
 

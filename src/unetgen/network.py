@@ -168,7 +168,7 @@ class UNet(nn.Module):
             SizeError: (in eager mode) when the network cannot take ``x``'s shape.
         """
         if not torch.jit.is_scripting():
-            if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _is_exporting()):
                 self.check(x)
         margins: List[Tuple[int, int]] = []
         if self.same_output:
@@ -211,6 +211,12 @@ class UNet(nn.Module):
                     flat += [0, 0]
             flat_rounds.append(flat)
         return flat_rounds, margins
+
+
+def _is_exporting() -> bool:
+    """Whether torch.export is tracing (non-strict export is neither tracing nor compiling)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
 
 
 def init_paper(model: nn.Module) -> None:

@@ -161,7 +161,9 @@ def geometry(spec: UNetSpec) -> tuple[sizes.AxisGeometry, ...]:
             shrinks = (0,) * spec.depth
             minimums = tuple(_min_padded_input(spec.padding_mode, (k - 1) // 2) for k in kernels)
         pools = tuple(spec.pool(level)[axis] for level in range(spec.depth - 1))
-        axes.append(sizes.AxisGeometry(spec.convs_per_level, shrinks, pools, minimums))
+        # torch's instance norm refuses a one-pixel map, even in eval mode
+        min_map = 2 if spec.norm == "instance" else 1
+        axes.append(sizes.AxisGeometry(spec.convs_per_level, shrinks, pools, minimums, min_map))
     return tuple(axes)
 
 

@@ -33,7 +33,7 @@ class UNetSpec(BaseModel):
     order they are declared, so a check that involves two fields is reported on the later one.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
 
     name: str = Field("unet", min_length=1, max_length=200, description="A short name for the network.")
     description: str = Field("", max_length=2000, description="Free text: where the design comes from.")
