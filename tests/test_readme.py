@@ -28,7 +28,7 @@ def test_size_error_example_is_real(capsys):
 
 
 def test_spec_table_lists_every_field():
-    documented = set(re.findall(r"^\| `(\w+)` \|", README, flags=re.M))
+    documented = set(re.findall(r"^\| `(\w+)` \|", README, flags=re.M)) - set(unetgen.preset_names())
     assert documented == set(unetgen.UNetSpec.model_fields)
 
 
@@ -40,3 +40,14 @@ def test_python_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     claimed = [line.split("# ")[-1] for line in code.splitlines() if "print(" in line]
     assert printed == claimed
+
+
+def test_preset_table_is_real():
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \| ([\d,]+)", README, flags=re.M)
+    presets = {name: (shapes.strip(), params) for name, shapes, params in rows if name in unetgen.preset_names()}
+    assert set(presets) == set(unetgen.preset_names())
+    for name, (shapes, params) in presets.items():
+        plan = unetgen.plan(name)
+        shown = "×".join(map(str, plan.input_shape)) + " → " + "×".join(map(str, plan.output_shape))
+        assert shapes == shown
+        assert int(params.replace(",", "")) in (plan.parameters, plan.parameters - plan.norm_parameters)
