@@ -145,3 +145,15 @@ def test_save_into_missing_folder_is_a_user_error(tmp_path, capsys):
 def test_module_entry_point():
     run = subprocess.run([sys.executable, "-m", "unetgen.cli", "--version"], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == f"unetgen {unetgen.__version__}"
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "new.bin", lambda handle: handle.write(b"x"))
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o600)
+        atomic_write(path, lambda handle: handle.write(b"y"))
+        assert path.stat().st_mode & 0o777 == 0o600  # an existing file keeps its mode
+    finally:
+        os.umask(old)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from .draw import draw
 from .errors import CheckpointError, SizeError, SpecError, UNetGenError
 from .plan import Block, Plan, check_input_size, default_input_size, make_plan
 from .spec import UNetSpec, load_spec, parse_spec, preset, preset_names, spec_from_dict
@@ -36,6 +37,7 @@ __all__ = [
     "plan",
     "check_input_size",
     "default_input_size",
+    "draw",
     "build",
     "UNet",
     "save",

@@ -40,6 +40,43 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_draw(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .draw import draw, svg_size
+    from .files import atomic_write
+
+    plan = make_plan(load_spec(args.spec or "paper"), args.input_size)
+    svg = draw(plan)
+    if args.output == "-":
+        if args.png:
+            raise UNetGenError("--png: cannot write a PNG to standard output; give a file with -o (e.g. -o unet.png)")
+        sys.stdout.write(svg)
+        return 0
+    path = Path(args.output)
+    kind = path.suffix.lower()
+    if kind not in (".svg", ".png"):
+        raise UNetGenError(f"{path}: unknown image type '{path.suffix}'; give a file ending in .svg or .png")
+    targets = {path.with_suffix(".png")} if args.png or kind == ".png" else set()
+    for target in ({path} | targets) if kind == ".svg" else targets:
+        check_target(target)
+    images: dict[Path, bytes] = {}
+    if kind == ".svg":
+        images[path] = svg.encode("utf-8")
+    for target in targets:  # rendered before anything is written: no renderer, no files
+        from .png import svg_to_png
+
+        images[target] = svg_to_png(svg, where=str(target))
+    for target, data in images.items():
+        atomic_write(target, lambda handle, data=data: handle.write(data))
+        if target.suffix.lower() == ".png":  # the PNG header holds its size
+            width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        else:
+            width, height = svg_size(svg)
+        print(f"wrote {target} ({width}×{height} pixels)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unetgen",
@@ -64,6 +101,24 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--json", action="store_true", help="print the plan as JSON")
     build.add_argument("--save", metavar="FILE", help="also build the network and save spec + weights to FILE")
     build.set_defaults(func=_cmd_build)
+    draw = commands.add_parser(
+        "draw",
+        help="draw the network as the U-Net paper's Figure 1 (SVG, or PNG)",
+        description="Draw the network as Figure 1 of the U-Net paper: one bar per feature map, channels above, "
+        "sizes beside, arrows by operation. Writes SVG (text, no dependency); PNG needs Chromium or cairosvg.",
+    )
+    draw.add_argument(
+        "spec", nargs="?", metavar="SPEC", help=f"a YAML spec file or a preset name ({presets}); default: paper"
+    )
+    draw.add_argument(
+        "-o", "--output", metavar="FILE", default="unet.svg",
+        help="the image to write, .svg or .png (default: unet.svg; - prints the SVG)",
+    )
+    draw.add_argument(
+        "--input-size", nargs="+", type=int, metavar="N", help="spatial input size, one value per axis (e.g. 572 572)"
+    )
+    draw.add_argument("--png", action="store_true", help="also write a PNG beside the SVG (needs Chromium or cairosvg)")
+    draw.set_defaults(func=_cmd_draw)
     return parser
 
 

@@ -24,6 +24,16 @@ def _temporary_beside(path: Path) -> Iterator[tuple[BinaryIO, str]]:
         raise
 
 
+def _new_file_mode(path: Path) -> int:
+    """The existing file's mode, or what ``open()`` would give a new file (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def check_target(path: str | Path) -> Path:
     """Check, before any work is done, that ``path`` can be written: its folder exists and it is not a folder.
 
@@ -68,6 +78,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
+            os.chmod(name, _new_file_mode(path))
             os.replace(name, path)
     except PermissionError as exc:
         raise UNetGenError(f"{path}: cannot write: {exc.strerror}") from None

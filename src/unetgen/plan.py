@@ -112,6 +112,16 @@ class Plan:
                 return block
         raise KeyError(name)
 
+    def _repr_svg_(self) -> str | None:
+        """The network as the U-Net paper's Figure 1, for Jupyter (see :func:`unetgen.draw`)."""
+        from .draw import draw
+        from .errors import UNetGenError
+
+        try:
+            return draw(self)
+        except UNetGenError:  # e.g. a spec whose input_size the network cannot take: the text repr instead
+            return None
+
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (what ``unetgen build --json`` prints)."""
         from . import __version__
@@ -161,10 +171,21 @@ def geometry(spec: UNetSpec) -> tuple[sizes.AxisGeometry, ...]:
             shrinks = (0,) * spec.depth
             minimums = tuple(_min_padded_input(spec.padding_mode, (k - 1) // 2) for k in kernels)
         pools = tuple(spec.pool(level)[axis] for level in range(spec.depth - 1))
-        # torch's instance norm refuses a one-pixel map, even in eval mode
-        min_map = 2 if spec.norm == "instance" else 1
+        min_map = 2 if _norm_needs_two_pixels(spec) else 1
         axes.append(sizes.AxisGeometry(spec.convs_per_level, shrinks, pools, minimums, min_map))
     return tuple(axes)
+
+
+def _norm_needs_two_pixels(spec: UNetSpec) -> bool:
+    """Whether a one-pixel map breaks the norm: torch refuses to normalise a single value, even in eval mode
+    (instance norm always; group and layer norm when a group holds one channel)."""
+    if spec.norm == "instance":
+        return True
+    groups = {"group": spec.norm_groups, "layer": 1}.get(spec.norm)
+    if groups is None:
+        return False
+    widths = {w for level in range(spec.depth) for w in spec.conv_widths(level)}
+    return any(width == groups for width in widths)
 
 
 def _min_padded_input(mode: str, pad: int) -> int:

@@ -26,7 +26,7 @@ class AxisGeometry:
         pools: max-pool (and up-sampling) factor below each level: ``depth - 1`` entries.
         min_conv_inputs: the smallest size a convolution can take at each level (a reflect-padded 3-wide kernel
             needs 2).
-        min_map: the smallest map a block may output (2 with instance norm, which refuses one pixel).
+        min_map: the smallest map a block may output (2 where the norm refuses a single pixel).
     """
 
     convs: int
@@ -91,7 +91,7 @@ def _convolve(size: int, geometry: AxisGeometry, level: int, where: str) -> int:
         if size < 1:
             raise AxisSizeError(where, f"convolution {index + 1} leaves no pixels (size {size + shrink})")
         if size < geometry.min_map:
-            raise AxisSizeError(where, f"convolution {index + 1} leaves {size} pixel; instance norm needs 2")
+            raise AxisSizeError(where, f"convolution {index + 1} leaves 1 pixel to normalise; the norm needs 2")
     return size
 
 

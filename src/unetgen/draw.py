@@ -1,0 +1,597 @@
+"""Plan → SVG: the network drawn as Figure 1 of Ronneberger et al. 2015. Pure text, no torch.
+
+One bar per feature map: the channels above it, the spatial size beside it (rotated, as in the paper), the encoder
+going down the left, the decoder up the right, and arrows coloured by operation with a legend. Every number comes
+from the :class:`~unetgen.plan.Plan`, so the picture shows the network the user configured at the size they gave:
+its depth and widths, the crop of each skip connection (a dashed box on the encoder map and a label on the
+copy-and-crop arrow), the mirror padding and output crop of ``output: same``, the up-sampling kind and the norm.
+
+Bars are scaled so that any network stays legible: bar height follows the logarithm of the level's size (linear
+within a level, so a crop is drawn to scale), bar width the logarithm of the channel count, and text never shrinks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UNetGenError
+from .plan import Plan, make_plan
+from .sizes import level_name
+from .spec import UNetSpec, load_spec
+
+_FONT = "Helvetica, Arial, 'Liberation Sans', 'DejaVu Sans', sans-serif"
+_CHANNEL_FONT = 12  # channel counts above bars
+_SIZE_FONT = 11  # spatial sizes beside bars
+_NOTE_FONT = 11  # arrow labels, captions, legend
+_MARGIN = 20
+_ARROW_MIN = 16  # the shortest arrow between two bars
+_ROW_GAP = 46  # between the levels: a channel label and a vertical arrow
+_HEIGHT_MAX = 190  # bar height of the largest level; smaller levels shrink logarithmically
+_HEIGHT_MIN = 56
+
+#: Arrow colours by operation, as in the paper's Figure 1 (mirror and output crop are ours).
+_COLOURS = {
+    "conv": "#1f4e9c",
+    "copy": "#8a8a8a",
+    "pool": "#d62728",
+    "up": "#2ca02c",
+    "head": "#119e9e",
+    "mirror": "#8e44ad",
+    "crop": "#e67e22",
+}
+_FILLS = {"map": "#b9d3ee", "copy": "#ffffff", "input": "#d9d9d9", "output": "#a8e0dc"}
+_ACTIVATIONS = {
+    "relu": "ReLU", "leaky_relu": "leaky ReLU", "elu": "ELU", "gelu": "GELU", "silu": "SiLU", "prelu": "PReLU"
+}
+_STROKE = "#2a4a75"
+_TEXT = "#1a1a1a"
+_GREY = "#555555"
+_CROP = "#555555"
+
+# Characters XML 1.0 cannot carry at all (control characters, lone surrogates): dropped from user text.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+@dataclass
+class _Bar:
+    """One feature map: its channels, spatial size and where it is drawn."""
+
+    channels: int
+    size: tuple[int, ...]
+    kind: str  # a key of _FILLS
+    label: str | None  # the channel label (None: not shown, e.g. a max-pool output, as in the paper)
+    arrow: tuple[str, str | None] | None = None  # horizontal arrow from the previous bar: (operation, label)
+    caption: str | None = None  # a word under the bar ("input", "output")
+    label_left: bool = False  # channel label left of centre, clear of a vertical arrow leaving the bar's top
+    x: float = 0.0
+    w: float = 0.0
+    h: float = 0.0
+    cy: float = 0.0
+
+    @property
+    def top(self) -> float:
+        return self.cy - self.h / 2
+
+    @property
+    def bottom(self) -> float:
+        return self.cy + self.h / 2
+
+    @property
+    def centre(self) -> float:
+        return self.x + self.w / 2
+
+    @property
+    def right(self) -> float:
+        return self.x + self.w
+
+
+@dataclass
+class _Level:
+    """One row of the figure: a level's encoder bars (left) and decoder bars (right)."""
+
+    encoder: list[_Bar] = field(default_factory=list)
+    decoder: list[_Bar] = field(default_factory=list)
+    crop: tuple[int, ...] = ()
+    cy: float = 0.0
+    height: float = 0.0
+
+
+def draw(spec_or_plan: UNetSpec | Plan | str | Path, input_size: tuple[int, ...] | list[int] | None = None) -> str:
+    """Draw a network as the U-Net paper's Figure 1, as SVG text.
+
+    Args:
+        spec_or_plan: a spec, a plan, a preset name or a YAML file.
+        input_size: spatial input size, one value per axis; default: the plan's size, else the spec's default.
+
+    Returns:
+        The SVG document (UTF-8 text, no XML declaration), ready to write to a ``.svg`` file or show in a notebook.
+
+    Raises:
+        SpecError: when a name or file does not hold a valid spec.
+        SizeError: when the network cannot take ``input_size``.
+    """
+    if isinstance(spec_or_plan, Plan):
+        plan = spec_or_plan if input_size is None else make_plan(spec_or_plan.spec, input_size)
+    else:
+        plan = make_plan(load_spec(spec_or_plan), input_size)
+    return _Figure(plan).svg()
+
+
+def svg_size(svg: str) -> tuple[int, int]:
+    """The width and height, in pixels, of an SVG written by :func:`draw`.
+
+    Args:
+        svg: the SVG text.
+
+    Returns:
+        ``(width, height)``.
+
+    Raises:
+        UNetGenError: when the text does not start with an ``<svg`` element that has integer ``width`` and
+            ``height``.
+    """
+    head = re.match(r'\s*<svg\b[^>]*?\bwidth="(\d+)"[^>]*?\bheight="(\d+)"', svg)
+    if not head:
+        raise UNetGenError("svg: no <svg width=... height=...> element at the start; give the text draw() returns")
+    return int(head.group(1)), int(head.group(2))
+
+
+def _text(value: str) -> str:
+    """User or generated text, safe inside an XML element or a double-quoted attribute."""
+    value = _NOT_XML.sub("", value)
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def _num(value: float) -> str:
+    return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def _fmt(size: tuple[int, ...]) -> str:
+    return "×".join(str(s) for s in size)
+
+
+def _text_width(text: str, font: float) -> float:
+    """A generous estimate of the rendered width (Arial/DejaVu metrics), used to leave room for labels."""
+    width = 0.0
+    for char in text:
+        if char in " il.,:;|!'()[]/-":
+            width += 0.34
+        elif char in "mwMW—→":
+            width += 0.95
+        elif char.isupper():
+            width += 0.72
+        else:
+            width += 0.62
+    return width * font
+
+
+def _bar_width(channels: int) -> float:
+    # Logarithmic, so 1 channel is a sliver and 65,536 is still a bar, not a wall.
+    return round(5 + 2.6 * math.log2(max(channels, 1)), 1)
+
+
+def _steps(start: tuple[int, ...], end: tuple[int, ...], count: int) -> list[tuple[int, ...]]:
+    """The maps after each of ``count`` convolutions from ``start`` to ``end``: each removes the same amount."""
+    return [tuple(a - (a - b) // count * (index + 1) if index < count - 1 else b for a, b in zip(start, end))
+            for index in range(count)]
+
+
+def _extent(size: tuple[int, ...]) -> float:
+    """One length for a map of any dimension (the geometric mean of its sides), for bar heights."""
+    return math.prod(size) ** (1 / len(size))
+
+
+def _per_level(values: list[tuple[int, ...]]) -> str:
+    """``3×3``, or ``3×3×3 (level 0: 1×3×3)`` when some levels differ from the most common value."""
+    if not values:
+        return ""
+    common = max(values, key=values.count)
+    odd = [f"level {level}: {_fmt(value)}" for level, value in enumerate(values) if value != common]
+    return _fmt(common) + (f" ({', '.join(odd)})" if odd else "")
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+class _Figure:
+    """Lays out one plan's bars, arrows and labels, then writes them as SVG."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.spec = plan.spec
+        self.dims = self.spec.spatial_dims
+        self.levels = self._levels()
+        self._heights()
+        self._place_x()
+        self._place_y()
+
+    # --- what to draw ------------------------------------------------------------------------------------------
+
+    def _levels(self) -> list[_Level]:
+        plan, spec = self.plan, self.spec
+        depth = spec.depth
+        levels = [_Level() for _ in range(depth)]
+        first = levels[0].encoder
+        if any(a or b for a, b in plan.mirror):
+            pads = list(dict.fromkeys(f"{a}+{b}" for a, b in plan.mirror))  # per axis, once if all alike
+            first.append(_Bar(spec.in_channels, plan.input_size, "input", str(spec.in_channels), caption="input"))
+            first.append(
+                _Bar(
+                    spec.in_channels,
+                    plan.core_input_size,
+                    "input",
+                    str(spec.in_channels),
+                    arrow=("mirror", "mirror " + ", ".join(pads)),
+                )
+            )
+        else:
+            first.append(_Bar(spec.in_channels, plan.core_input_size, "input", str(spec.in_channels), caption="input"))
+        encoder = [plan.block(level_name(level, depth)).shape for level in range(depth)]
+        for level, out in enumerate(encoder):
+            bars = levels[level].encoder
+            if level == 0:
+                start = plan.core_input_size
+            else:  # the max-pooled map, without a channel label, as in the paper
+                above = encoder[level - 1]
+                start = tuple(s // f for s, f in zip(above[1:], spec.pool(level - 1)))
+                bars.append(_Bar(above[0], start, "map", None))
+            widths = spec.conv_widths(level)
+            for width, size in zip(widths, _steps(start, out[1:], len(widths))):
+                bars.append(_Bar(width, size, "map", str(width), arrow=("conv", None)))
+        for skip in plan.skips:
+            level = skip.level
+            up = plan.block(f"decoder.{level}.up").shape
+            copied = plan.block(f"decoder.{level}.crop").shape
+            out = plan.block(f"decoder.{level}.convs").shape
+            levels[level].crop = skip.crop
+            bars = levels[level].decoder
+            bars.append(_Bar(copied[0], skip.target, "copy", str(copied[0] + up[0])))  # labelled with the concat
+            bars.append(_Bar(up[0], skip.target, "map", None))
+            for size in _steps(skip.target, out[1:], spec.convs_per_level):
+                bars.append(_Bar(out[0], size, "map", str(out[0]), arrow=("conv", None)))
+        head = plan.block("head").shape
+        tail = levels[0].decoder if depth > 1 else levels[0].encoder
+        caption = "output" if spec.final_activation == "none" else f"output ({spec.final_activation})"
+        crop_words = None
+        if any(a or b for a, b in plan.output_crop):
+            crop_words = "crop " + ", ".join(dict.fromkeys(f"{a}+{b}" for a, b in plan.output_crop))
+        label = str(head[0])
+        tail.append(_Bar(head[0], head[1:], "output", label, ("head", None), None if crop_words else caption))
+        if crop_words:
+            tail.append(_Bar(head[0], plan.output_size, "output", label, ("crop", crop_words), caption))
+        # A vertical arrow leaves the top of each level's last decoder bar (the bottleneck's last bar): keep its
+        # channel label clear of it.
+        for level in range(1, depth):
+            bars = levels[level].decoder if level < depth - 1 else levels[level].encoder
+            bars[-1].label_left = True
+        return levels
+
+    def _bars(self) -> list[_Bar]:
+        return [bar for level in self.levels for bar in (*level.encoder, *level.decoder)]
+
+    # --- sizes -------------------------------------------------------------------------------------------------
+
+    def _heights(self) -> None:
+        bars = self._bars()
+        longest = max(_text_width(_fmt(bar.size), _SIZE_FONT) for bar in bars)
+        floor = max(_HEIGHT_MIN, longest + 10)  # a rotated size label always fits beside its bar
+        refs = [max(_extent(bar.size) for bar in (*level.encoder, *level.decoder)) for level in self.levels]
+        low, high = math.log(min(refs)), math.log(max(refs))
+        top = max(_HEIGHT_MAX, floor)
+        for level, ref in zip(self.levels, refs):
+            t = (math.log(ref) - low) / (high - low) if high > low else 1.0
+            level.height = round(floor + (top - floor) * t, 1)
+            for bar in (*level.encoder, *level.decoder):
+                # linear within a level, so the crops are drawn to scale
+                bar.h = round(max(level.height * _extent(bar.size) / ref, longest + 6), 1)
+                bar.w = _bar_width(bar.channels)
+
+    @staticmethod
+    def _label_below_arrow(bar: _Bar) -> bool:
+        """Whether ``bar``'s rotated size label fits under the arrow coming in at mid-height (as in the paper)."""
+        return _text_width(_fmt(bar.size), _SIZE_FONT) + 6 <= bar.h / 2
+
+    def _arrow_end(self, bar: _Bar) -> float:
+        """Where an arrow into ``bar`` from the left ends: at the bar, or short of its size label."""
+        return bar.x - 4 if self._label_below_arrow(bar) else bar.x - _SIZE_FONT - 10
+
+    def _gap(self, bar: _Bar, label: str | None = None, shortest: float = _ARROW_MIN) -> float:
+        """Space before ``bar`` for its incoming arrow (and the arrow's label) and its rotated size label."""
+        arrow = max(shortest, _text_width(label, _NOTE_FONT) + 8) if label else shortest
+        return max(4 + arrow + (bar.x - self._arrow_end(bar)), _SIZE_FONT + 12)
+
+    def _copy_label(self, level: _Level) -> str | None:
+        if not any(level.crop):
+            return None
+        crop = level.crop
+        per_side = str(crop[0]) if len(set(crop)) == 1 else "/".join(str(c) for c in crop)
+        return f"crop {per_side} per side"
+
+    def _place_x(self) -> None:
+        stretch = 0.0
+        for _ in range(2):  # lay out, then widen the bottleneck so every copy-and-crop arrow has room
+            self._place_x_once(stretch)
+            short = 0.0
+            for level in self.levels[:-1]:
+                need = self._gap(level.decoder[0], self._copy_label(level), 2 * _ARROW_MIN)
+                have = level.decoder[0].x - level.encoder[-1].right
+                short = max(short, need - have)
+            if short <= 0:
+                return
+            stretch += short / self.spec.convs_per_level
+
+    def _place_x_once(self, stretch: float) -> None:
+        def run(bars: list[_Bar], extra: float = 0.0) -> None:
+            for before, bar in zip(bars, bars[1:]):
+                if bar.arrow is None:  # touching: the copied map and the up-sampled map it is concatenated with
+                    bar.x = before.right
+                else:
+                    bar.x = round(before.right + self._gap(bar, bar.arrow[1]) + extra, 1)
+
+        levels = self.levels
+        levels[0].encoder[0].x = _MARGIN + _SIZE_FONT + 8
+        run(levels[0].encoder)
+        for index in range(1, len(levels)):
+            above, bars = levels[index - 1].encoder[-1], levels[index].encoder
+            bars[0].x = round(above.centre - bars[0].w / 2, 1)
+            run(bars, stretch if index == len(levels) - 1 else 0.0)
+        for index in reversed(range(len(levels) - 1)):
+            below = levels[index + 1].decoder[-1] if index + 1 < len(levels) - 1 else levels[-1].encoder[-1]
+            white, up = levels[index].decoder[:2]
+            up.x = round(below.centre - up.w / 2, 1)
+            white.x = round(up.x - white.w, 1)
+            run(levels[index].decoder[1:])
+
+    def _place_y(self) -> None:
+        y = _MARGIN + 22 + 18 * (len(self._titles()) - 1) + 22 + _CHANNEL_FONT + 8
+        for index, level in enumerate(self.levels):
+            if index:
+                y += _ROW_GAP
+            level.cy = round(y + level.height / 2, 1)
+            for bar in (*level.encoder, *level.decoder):
+                bar.cy = level.cy
+            y += level.height
+            if index == 0 and any(bar.caption for bar in self._bars()):
+                y += 6  # captions under the first row's bars
+
+    # --- SVG ---------------------------------------------------------------------------------------------------
+
+    def _words(self) -> dict[str, str]:
+        """Legend text per operation, from the spec."""
+        spec, dims, depth = self.spec, self.dims, self.spec.depth
+        kernel = _per_level([spec.kernel(level) for level in range(depth)])
+        pool = _per_level([spec.pool(level) for level in range(depth - 1)])
+        pad = spec.padding + (f" ({spec.padding_mode})" if spec.padding == "same" else "")
+        norm = f", {spec.norm} norm" if spec.norm != "none" else ""
+        activation = _ACTIVATIONS.get(spec.activation, spec.activation)
+        if spec.activation == "leaky_relu":
+            activation += f" {spec.negative_slope:g}"
+        residual = " (residual block)" if spec.block == "residual" else ""
+        if spec.upsampling == "transpose":
+            up = f"up-conv {pool}, transposed"
+        else:
+            mode = "nearest" if spec.interpolation == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
+            up = f"up-sample ({mode}), conv {pool}"
+        cropped = any(any(level.crop) for level in self.levels)
+        words = {
+            "conv": f"conv {kernel} {pad}{norm}, {activation}{residual}",
+            "copy": "copy and crop (centre)" if cropped else "copy",
+            "pool": f"max pool {pool}",
+            "up": up,
+            "head": f"conv {_fmt((1,) * dims)}",
+        }
+        if depth == 1:
+            for unused in ("copy", "pool", "up"):
+                del words[unused]
+        if any(a or b for a, b in self.plan.mirror):
+            words["mirror"] = "mirror padding (reflect)"
+        if any(a or b for a, b in self.plan.output_crop):
+            words["crop"] = "crop to the input's size"
+        return words
+
+    def _titles(self) -> list[tuple[str, int, str]]:
+        """(text, font size, weight) of the title lines."""
+        plan, spec = self.plan, self.spec
+        lines = [(_shorten(spec.name, 80), 16, "bold")]
+        if spec.description:
+            lines.append((_shorten(spec.description, 120), 12, "normal"))
+        lines.append(
+            (
+                f"input {_fmt(plan.input_shape)} → output {_fmt(plan.output_shape)} · "
+                f"{plan.conv_layers} conv layers · {plan.parameters:,} parameters",
+                12,
+                "normal",
+            )
+        )
+        options = [f"depth {spec.depth}", f"padding {spec.padding}"]
+        if spec.depth > 1:
+            options.append(f"up-sampling {spec.upsampling}")
+        options += [f"norm {spec.norm}", f"output {spec.output}"]
+        if spec.block != "plain":
+            options.append(f"{spec.block} blocks")
+        if spec.dropout_at != "none":
+            options.append(f"dropout {spec.dropout:g} ({spec.dropout_at.replace('_', ' ')})")
+        if spec.final_activation != "none":
+            options.append(f"final {spec.final_activation}")
+        lines.append((" · ".join(options), 12, "normal"))
+        return lines
+
+    def svg(self) -> str:
+        """The figure as an SVG document."""
+        canvas = _Canvas()
+        self._draw_arrows(canvas)
+        self._draw_bars(canvas)
+        width = max(bar.right for bar in self._bars()) + _MARGIN
+        y = _MARGIN + 16
+        for words, font, weight in self._titles():
+            canvas.note(_MARGIN, y, words, anchor="start", font=font, weight=weight)
+            width = max(width, _MARGIN + _text_width(words, font) + _MARGIN)
+            y += 18 if font <= 12 else 22
+        right, bottom = self._draw_legend(canvas, width - _MARGIN)
+        width, height = math.ceil(max(width, right + _MARGIN)), math.ceil(bottom + _MARGIN)
+        markers = "".join(
+            f'<marker id="arrow-{kind}" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="5" markerHeight="5" '
+            f'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>'
+            for kind, colour in _COLOURS.items()
+        )
+        plan = self.plan
+        label = f"U-Net diagram of {self.spec.name}: input {_fmt(plan.input_shape)}, output {_fmt(plan.output_shape)}"
+        return "\n".join(
+            [
+                f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                f'viewBox="0 0 {width} {height}" font-family="{_FONT}" role="img" aria-label="{_text(label)}">',
+                f"<title>{_text(label)}</title>",
+                f"<defs>{markers}</defs>",
+                f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+                *canvas.arrows,
+                *canvas.shapes,
+                *canvas.texts,
+                *canvas.legend,
+                "</svg>",
+                "",
+            ]
+        )
+
+    def _draw_arrows(self, canvas: _Canvas) -> None:
+        levels = self.levels
+        for level in levels:  # within a level: convolutions, the 1×1 head, mirror and output crop
+            for bars in (level.encoder, level.decoder):
+                for before, bar in zip(bars, bars[1:]):
+                    if bar.arrow is not None:
+                        kind, label = bar.arrow
+                        canvas.arrow(before.right + 4, level.cy, self._arrow_end(bar), level.cy, kind, label)
+        for index in range(1, len(levels)):  # max-pool down the encoder, up-sampling up the decoder
+            above, below = levels[index - 1], levels[index]
+            source, target = above.encoder[-1], below.encoder[0]
+            canvas.arrow(source.centre, source.bottom + 3, target.centre, target.top - 4, "pool")
+            source = below.decoder[-1] if index < len(levels) - 1 else below.encoder[-1]
+            target = above.decoder[1]
+            canvas.arrow(source.centre, source.top - 3, target.centre, target.bottom + 4, "up")
+        for level in levels[:-1]:  # copy and crop across
+            source, target = level.encoder[-1], level.decoder[0]
+            label = self._copy_label(level)
+            canvas.arrow(source.right + 4, level.cy, self._arrow_end(target), level.cy, "copy", label)
+            if label:  # the region the crop keeps, dashed on the encoder's map, as in the paper
+                kept = source.h * _extent(target.size) / _extent(source.size)
+                canvas.crops.append(
+                    f'<rect class="crop" x="{_num(source.x + 2)}" y="{_num(level.cy - kept / 2)}" '
+                    f'width="{_num(source.w - 4)}" height="{_num(kept)}" fill="none" stroke="{_CROP}" '
+                    'stroke-width="1" stroke-dasharray="3 2"/>'
+                )
+
+    def _draw_bars(self, canvas: _Canvas) -> None:
+        """Bars, the channels above them and the sizes beside them (rotated, bottom up, as in the paper)."""
+        for level in self.levels:
+            pair = level.decoder[:2] if level.decoder else []  # the copied map and the up-sampled one, touching
+            for bar in (*level.encoder, *level.decoder):
+                canvas.shapes.append(
+                    f'<rect class="bar {bar.kind}" x="{_num(bar.x)}" y="{_num(bar.top)}" width="{_num(bar.w)}" '
+                    f'height="{_num(bar.h)}" fill="{_FILLS[bar.kind]}" stroke="{_STROKE}" stroke-width="1"/>'
+                )
+                canvas.boxes.append((bar.x - _SIZE_FONT - 6, bar.top, bar.right, bar.bottom))
+                if bar.label is not None:
+                    centre = (pair[0].x + pair[1].right) / 2 if pair and bar is pair[0] else bar.centre
+                    if bar.label_left:
+                        canvas.note(centre - 3, bar.top - 6, bar.label, anchor="end", font=_CHANNEL_FONT)
+                    else:
+                        canvas.note(centre, bar.top - 6, bar.label, font=_CHANNEL_FONT)
+                if bar.caption:
+                    canvas.note(bar.centre, bar.bottom + 14, bar.caption, colour=_GREY)
+                if not (pair and bar is pair[1]):  # one size for the concatenated pair
+                    canvas.texts.append(
+                        f'<text transform="translate({_num(bar.x - 4)},{_num(bar.bottom)}) rotate(-90)" '
+                        f'font-size="{_SIZE_FONT}" fill="{_TEXT}">{_text(_fmt(bar.size))}</text>'
+                    )
+        canvas.shapes.extend(canvas.crops)
+
+    def _draw_legend(self, canvas: _Canvas, right: float) -> tuple[float, float]:
+        """The legend, bottom right: under the decoder where that is free (as in the paper), else below.
+
+        Returns:
+            The right and bottom edges of everything drawn.
+        """
+        entries = list(self._words().items())
+        if any(kind == "copy" and "crop" in words for kind, words in entries):
+            entries.insert([kind for kind, _ in entries].index("copy") + 1, ("kept", "region kept by the crop"))
+        row, sample = 19, 34
+        width = 12 + sample + 8 + max(_text_width(words, _NOTE_FONT) for _, words in entries) + 12
+        height = 10 + row * len(entries)
+        right = max(right, max(box[2] for box in canvas.boxes))
+        bottom = max(box[3] for box in canvas.boxes)
+        x0, y0 = right - width, bottom - height
+        free = not any(
+            x0 - 8 < b[2] and b[0] < x0 + width + 8 and y0 - 8 < b[3] and b[1] < y0 + height + 8 for b in canvas.boxes
+        )
+        if not free:
+            y0 = bottom + 16
+        legend = canvas.legend
+        legend.append(
+            f'<rect x="{_num(x0)}" y="{_num(y0)}" width="{_num(width)}" height="{_num(height)}" fill="#ffffff" '
+            'stroke="#cccccc" stroke-width="1" rx="4"/>'
+        )
+        y = y0 + 5 + row / 2
+        for kind, words in entries:
+            if kind == "kept":
+                legend.append(
+                    f'<rect x="{_num(x0 + 12 + sample / 2 - 5)}" y="{_num(y - 7)}" width="10" height="14" '
+                    f'fill="none" stroke="{_CROP}" stroke-width="1" stroke-dasharray="3 2"/>'
+                )
+            else:
+                legend.append(_line(x0 + 12, y, x0 + 12 + sample, y, kind))
+            legend.append(
+                f'<text x="{_num(x0 + 20 + sample)}" y="{_num(y + 4)}" font-size="{_NOTE_FONT}" fill="{_TEXT}">'
+                f"{_text(words)}</text>"
+            )
+            y += row
+        return max(right, x0 + width), max(bottom, y0 + height)
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, kind: str, css: str = "") -> str:
+    """An arrow of one operation's colour (dashed for the mirror padding and the output crop)."""
+    dash = ' stroke-dasharray="5 3"' if kind in ("mirror", "crop") else ""
+    return (
+        f'<line{css} x1="{_num(x1)}" y1="{_num(y1)}" x2="{_num(x2)}" y2="{_num(y2)}" stroke="{_COLOURS[kind]}" '
+        f'stroke-width="2"{dash} marker-end="url(#arrow-{kind})"/>'
+    )
+
+
+@dataclass
+class _Canvas:
+    """SVG elements by layer (arrows under bars, text on top), and the boxes the legend must not cover."""
+
+    arrows: list[str] = field(default_factory=list)
+    shapes: list[str] = field(default_factory=list)
+    crops: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    legend: list[str] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # x0, y0, x1, y1
+
+    def arrow(self, x1: float, y1: float, x2: float, y2: float, kind: str, label: str | None = None) -> None:
+        self.arrows.append(_line(x1, y1, x2, y2, kind, css=f' class="arrow {kind}"'))
+        self.boxes.append((min(x1, x2), min(y1, y2) - 4, max(x1, x2), max(y1, y2) + 4))
+        if label:
+            self.note((x1 + x2) / 2, y1 - 6, label, colour=_GREY if kind == "copy" else _COLOURS[kind])
+
+    def note(
+        self,
+        x: float,
+        y: float,
+        words: str,
+        anchor: str = "middle",
+        font: int = _NOTE_FONT,
+        colour: str = _TEXT,
+        weight: str = "normal",
+    ) -> None:
+        bold = ' font-weight="bold"' if weight == "bold" else ""
+        self.texts.append(
+            f'<text x="{_num(x)}" y="{_num(y)}" font-size="{font}"{bold} text-anchor="{anchor}" fill="{colour}">'
+            f"{_text(words)}</text>"
+        )
+        width = _text_width(words, font)
+        left = {"start": x, "middle": x - width / 2, "end": x - width}[anchor]
+        self.boxes.append((left, y - font, left + width, y + 3))
