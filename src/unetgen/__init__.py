@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .draw import draw
-from .errors import CheckpointError, SizeError, SpecError, UNetGenError
+from .cost import estimate, memory_limit, receptive_field, set_memory_limit
+from .errors import CheckpointError, ResourceError, SizeError, SpecError, UNetGenError
 from .plan import Block, Plan, check_input_size, default_input_size, make_plan
 from .spec import UNetSpec, load_spec, parse_spec, preset, preset_names, spec_from_dict
 
@@ -25,6 +26,11 @@ __all__ = [
     "SpecError",
     "SizeError",
     "CheckpointError",
+    "ResourceError",
+    "estimate",
+    "receptive_field",
+    "memory_limit",
+    "set_memory_limit",
     "UNetSpec",
     "load_spec",
     "parse_spec",

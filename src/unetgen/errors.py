@@ -22,6 +22,10 @@ class SizeError(UNetGenError):
     """An input size the network cannot take."""
 
 
+class ResourceError(UNetGenError):
+    """A network or an input that would need more memory than the limit allows (see ``unetgen.set_memory_limit``)."""
+
+
 class CheckpointError(UNetGenError):
     """A checkpoint file that cannot be read, or whose weights do not match its spec."""
 

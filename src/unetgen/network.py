@@ -31,6 +31,7 @@ from .layers import (
     conv_stack,
     norm_factory,
 )
+from .cost import check_pass_fits, check_weights_fit
 from .plan import Plan, check_input_size, make_plan
 from .spec import UNetSpec, load_spec
 
@@ -159,13 +160,18 @@ class UNet(nn.Module):
             )
         if x.shape[1] != self.spec.in_channels:
             raise SizeError(f"input has {x.shape[1]} channels; the network takes {self.spec.in_channels}")
-        check_input_size(self.spec, tuple(int(s) for s in x.shape[2:]))
+        size = tuple(int(s) for s in x.shape[2:])
+        if x.device.type == "cpu":  # the limit is about this machine's memory
+            check_pass_fits(make_plan(self.spec, size), batch=int(x.shape[0]), bytes_per_value=x.element_size())
+        else:
+            check_input_size(self.spec, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment ``x`` of shape ``(batch, in_channels, *spatial)``.
 
         Raises:
             SizeError: (in eager mode) when the network cannot take ``x``'s shape.
+            ResourceError: (in eager mode, on the CPU) when the pass would need more memory than the limit.
         """
         if not torch.jit.is_scripting():
             if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _is_exporting()):
@@ -180,7 +186,13 @@ class UNet(nn.Module):
             skips.append(x)
         x = self.bottleneck(x)
         for level in self.decoder.values():
-            x = level(x, skips.pop())
+            # DecoderLevel.forward, inlined so that each tensor is released as soon as it has been used: the
+            # map from below once it is up-sampled, the skip once it is concatenated.
+            skip = skips.pop()
+            up = level.up(x)
+            x = torch.cat([level.crop(skip), up], dim=1)
+            del skip, up
+            x = level.convs(x)
         x = self.head(x)
         if self.same_output:
             x = self.crop_output(x, margins)
@@ -254,8 +266,11 @@ def build(
     Raises:
         SpecError: when the spec is invalid.
         SizeError: when ``input_size`` is not a size the network can take.
+        ResourceError: when the weights alone would exceed the memory limit (see ``unetgen.set_memory_limit``).
     """
     plan = make_plan(load_spec(spec), input_size)
+    if torch.get_default_device().type != "meta":  # on meta, nothing is allocated
+        check_weights_fit(plan)
     if seed is None:
         return _construct(plan)
     with torch.random.fork_rng(devices=[]):

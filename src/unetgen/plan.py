@@ -125,7 +125,9 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (what ``unetgen build --json`` prints)."""
         from . import __version__
+        from .cost import estimate, receptive_field
 
+        cost = estimate(self)
         return {
             "unetgen": __version__,
             "spec": self.spec.model_dump(mode="json"),
@@ -148,6 +150,10 @@ class Plan:
             ],
             "parameters": self.parameters,
             "norm_parameters": self.norm_parameters,
+            "flops": cost.flops,
+            "activation_bytes": cost.activation_bytes,
+            "parameter_bytes": cost.parameter_bytes,
+            "receptive_field": list(receptive_field(self)),
             "conv_layers": self.conv_layers,
         }
 

@@ -186,6 +186,10 @@ class Lattice:
         below = above - self.step
         return (below, above) if below >= self.first else (above,)
 
+    def input_for_output(self, output: int) -> tuple[int, ...]:
+        """The valid input sizes whose output is nearest ``output``: the exact one, or the one below and above."""
+        return tuple(n for n in self.nearest(output + 2 * self.border) if self.output(n) >= 1)
+
     def describe(self) -> str:
         """E.g. ``188+16k (188, 204, 220, ...)``."""
         if self.step == 1:

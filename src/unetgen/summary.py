@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cost import estimate, human_bytes, receptive_field
 from .plan import Plan
 
 
@@ -37,6 +38,12 @@ def render(plan: Plan, source: str | None = None) -> str:
             f"{plan.parameters - plan.norm_parameters:,} parameters without the norms' scale and shift "
             f"({plan.norm_parameters:,}), the count some papers give"
         )
+    cost = estimate(plan)
+    lines.append(
+        f"one pass at batch 1, float32: {cost.flops / 1e9:,.1f} GFLOP; peak memory ≈ "
+        f"{human_bytes(cost.activation_bytes)} of activations + {human_bytes(cost.parameter_bytes)} of weights"
+    )
+    lines.append(f"receptive field {_fmt(receptive_field(plan))} pixels")
     grids = plan.lattices
     if spec.output == "same":
         lines.append("takes any input size from 2 per axis; the output has the input's size")

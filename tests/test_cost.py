@@ -1,0 +1,164 @@
+"""The plan's cost estimates against independent measurements: torch's FLOP counter, the bytes of live tensors
+seen by a dispatch mode, and receptive fields read off autograd; then the memory limits and `unetgen sizes`."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+import unetgen
+from unetgen.cli import main
+from unetgen.cost import estimate, parse_bytes, receptive_field
+
+VARIANTS = [
+    (unetgen.UNetSpec(width=4, depth=4), None),
+    (unetgen.UNetSpec(width=4, depth=4, padding="same", norm="batch", output="same"), (101, 77)),
+    (unetgen.UNetSpec(width=4, depth=3, block="residual", upsampling="upsample_conv", norm="instance"), None),
+    (unetgen.UNetSpec(spatial_dims=3, depth=3, channels=[[2, 4], [4, 8], [8, 16]], up_channels="keep",
+                      norm="batch", final_activation="softmax"), None),
+    (unetgen.UNetSpec(spatial_dims=1, depth=3, width=3, pool_sizes=[3, 2], kernel_sizes=[5, 3, 1],
+                      activation="prelu", output="same"), (250,)),
+]
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of tensor storages alive at once during the ops it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.seen: set[int] = set()
+
+    def track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.seen or storage.nbytes() == 0:
+            return
+        self.seen.add(key)
+        self.live += storage.nbytes()
+        self.peak = max(self.peak, self.live)
+
+        def gone(key: int = key, nbytes: int = storage.nbytes()) -> None:
+            self.seen.discard(key)
+            self.live -= nbytes
+
+        weakref.finalize(storage, gone)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                self.track(tensor)
+        return out
+
+
+@pytest.mark.parametrize("spec,size", VARIANTS)
+def test_activation_memory_estimate_equals_live_tensors(spec, size):
+    model = unetgen.build(spec, seed=0).eval()
+    plan = unetgen.make_plan(spec, size)
+    x = torch.randn(2, spec.in_channels, *plan.input_size)
+    mode = LiveBytes()
+    with torch.no_grad():
+        mode.track(x)
+        with mode:
+            model(x)
+    # exact but for PReLU, which allocates a few bytes of its own per call
+    assert estimate(plan, batch=2).activation_bytes == pytest.approx(mode.peak, rel=0.005)
+
+
+@pytest.mark.parametrize("spec,size", VARIANTS + [(unetgen.preset("paper"), None), (unetgen.preset("cicek3d"), None)])
+def test_flops_equal_torch_flop_counter(spec, size):
+    plan = unetgen.make_plan(spec, size)
+    with torch.device("meta"):
+        model = unetgen.build(spec).eval()
+        x = torch.empty(1, spec.in_channels, *plan.input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    assert estimate(plan).flops == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("spec", [
+    unetgen.UNetSpec(depth=3, width=2),
+    unetgen.UNetSpec(depth=3, width=2, upsampling="upsample_conv"),
+    unetgen.UNetSpec(depth=3, width=2, padding="same", output="same"),
+    unetgen.UNetSpec(depth=2, width=2, kernel_sizes=[5, 3], pool_sizes=[3], convs_per_level=3),
+])
+def test_receptive_field_equals_autograd(spec):
+    # Positive weights and inputs keep every ReLU open, so the gradient of an output pixel is non-zero exactly on
+    # the input pixels it depends on.
+    model = unetgen.build(spec).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.abs() + 0.01)
+    expected = receptive_field(unetgen.make_plan(spec))[0]
+    grid = unetgen.make_plan(spec).lattices[0]
+    size = grid.at_least(3 * expected + grid.first)
+    x = (torch.rand(1, 1, size, 8 if spec.output == "same" else grid.first) + 0.5).requires_grad_(True)
+    out = model(x)
+    widest = 0
+    for i in range(out.shape[2]):
+        (grad,) = torch.autograd.grad(out[0, 0, i, out.shape[3] // 2], x, retain_graph=True)
+        rows = torch.nonzero(grad[0, 0].abs().sum(dim=1)).flatten()
+        widest = max(widest, int(rows.max() - rows.min() + 1))
+    assert widest == expected
+
+
+def test_huge_networks_are_refused_before_allocating(capsys, tmp_path):
+    spec = unetgen.UNetSpec(width=65536)
+    with pytest.raises(unetgen.ResourceError, match=r"parameters need .* TiB as float32, more than the memory limit"):
+        unetgen.build(spec)
+    with torch.device("meta"):  # describing on meta allocates nothing: allowed
+        unetgen.build(unetgen.UNetSpec(width=65536, depth=3))
+    (tmp_path / "huge.yaml").write_text("width: 65536\n")
+    assert main(["build", str(tmp_path / "huge.yaml")]) == 0  # describing never allocates
+    assert main(["build", str(tmp_path / "huge.yaml"), "--save", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "UNETGEN_MAX_MEMORY" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_huge_inputs_are_refused_before_the_pass(monkeypatch):
+    model = unetgen.build(unetgen.UNetSpec(depth=3, width=2, output="same"))
+    unetgen.set_memory_limit("64MiB")
+    try:
+        with pytest.raises(unetgen.ResourceError, match=r"input 1×1×3000×3000: one pass needs about .* MiB"):
+            model(torch.empty(1, 1, 3000, 3000))
+        model(torch.zeros(1, 1, 100, 100))
+        unetgen.set_memory_limit(0)
+        assert unetgen.memory_limit() == 0
+        monkeypatch.setenv("UNETGEN_MAX_MEMORY", "1GiB")
+        unetgen.set_memory_limit(None)
+        assert unetgen.memory_limit() == 2**30
+    finally:
+        unetgen.set_memory_limit(None)
+    assert parse_bytes("1.5 GB") == int(1.5 * 2**30) and parse_bytes("0") == 0
+    with pytest.raises(unetgen.ResourceError, match="not a size"):
+        parse_bytes("lots")
+
+
+def test_sizes_command(capsys):
+    assert main(["sizes", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "188+16k" in out and "border 92 per side" in out and "receptive field 204" in out
+    assert "556 → 372, 572 → 388, 588 → 404" in out
+    assert main(["sizes", "paper", "--output-size", "388"]) == 0
+    assert "output 388 ← input 572" in capsys.readouterr().out
+    assert main(["sizes", "paper", "--output-size", "390"]) == 0
+    assert "not reachable; nearest: 572 → 388, 588 → 404" in capsys.readouterr().out
+    assert main(["sizes", "cicek3d", "--output-size", "44"]) == 0
+    assert "output 44 ← input 132" in capsys.readouterr().out
+    assert main(["sizes", "nnunet", "--range", "30", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "axis 0: 16+8k" in out and "axis 1, axis 2: 32+16k" in out and "32 → 32, 40 → 40, 48 → 48, 56 → 56" in out
+    assert main(["sizes", "modern"]) == 0
+    assert "any size from 2" in capsys.readouterr().out
+    assert main(["sizes", "paper", "--range", "600", "500"]) == 2
+    # the calculator agrees with the plan on every size it lists
+    for n in range(188, 1000, 16):
+        assert unetgen.plan("paper", [n, n]).output_size == (n - 184, n - 184)
