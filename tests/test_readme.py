@@ -51,3 +51,10 @@ def test_preset_table_is_real():
         shown = "×".join(map(str, plan.input_shape)) + " → " + "×".join(map(str, plan.output_shape))
         assert shapes == shown
         assert int(params.replace(",", "")) in (plan.parameters, plan.parameters - plan.norm_parameters)
+
+
+def test_sizes_examples_are_real(capsys):
+    main(["sizes", "paper"])
+    assert _block_after("unetgen sizes paper").startswith(capsys.readouterr().out)
+    main(["sizes", "paper", "--output-size", "388"])
+    assert capsys.readouterr().out.endswith(_block_after("unetgen sizes paper --output-size 388"))  # its last line
