@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import unetgen
 from unetgen.cli import main
 from unetgen.cost import estimate, parse_bytes, receptive_field
+from unetgen.plan import geometry
 
 VARIANTS = [
     (unetgen.UNetSpec(width=4, depth=4), None),
@@ -96,7 +97,9 @@ def test_receptive_field_equals_autograd(spec):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(parameter.abs() + 0.01)
-    expected = receptive_field(unetgen.make_plan(spec))[0]
+    field = receptive_field(unetgen.make_plan(spec))[0]
+    assert field.exact
+    expected = field.size
     grid = unetgen.make_plan(spec).lattices[0]
     size = grid.at_least(3 * expected + grid.first)
     x = (torch.rand(1, 1, size, 8 if spec.output == "same" else grid.first) + 0.5).requires_grad_(True)
@@ -162,3 +165,23 @@ def test_sizes_command(capsys):
     # the calculator agrees with the plan on every size it lists
     for n in range(188, 1000, 16):
         assert unetgen.plan("paper", [n, n]).output_size == (n - 184, n - 184)
+
+
+def test_receptive_field_of_huge_networks_is_a_bound_at_once():
+    # following pixels is exact up to a probe of EXACT_FIELD_LIMIT; beyond it the interval rules give a bound
+    import time
+
+    from unetgen.cost import _field_bound
+
+    for spec in (unetgen.UNetSpec(depth=12, kernel_size=15), unetgen.UNetSpec(depth=12, pool_sizes=[8] * 11)):
+        start = time.perf_counter()
+        fields = receptive_field(unetgen.make_plan(spec))
+        assert time.perf_counter() - start < 2
+        assert not fields[0].exact and str(fields[0]).startswith("≤")
+    for spec, size in VARIANTS:  # the bound holds where the exact field is known
+        plan = unetgen.make_plan(spec, size)
+        for axis, field in enumerate(receptive_field(plan)):
+            kernels = [spec.kernel(level)[axis] for level in range(spec.depth)]
+            crops = [s.crop[axis] for s in reversed(plan.skips)]
+            bound = _field_bound(spec, geometry(spec)[axis], kernels, crops)
+            assert field.exact and field.size <= bound

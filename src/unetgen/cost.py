@@ -178,32 +178,90 @@ def estimate(plan: Plan, batch: int = 1, bytes_per_value: int = 4) -> Cost:
     )
 
 
-def receptive_field(plan: Plan) -> tuple[int, ...]:
+@dataclass(frozen=True)
+class Field:
+    """A receptive field along one axis.
+
+    Attributes:
+        size: input pixels the widest-seeing output pixel depends on (an upper bound when not ``exact``).
+        exact: False when the network is too large to follow pixel by pixel and ``size`` is a bound.
+    """
+
+    size: int
+    exact: bool = True
+
+    def __str__(self) -> str:
+        return str(self.size) if self.exact else f"≤{self.size}"
+
+
+#: Largest probe (pixels along one axis) followed pixel by pixel; beyond it the bound is reported.
+EXACT_FIELD_LIMIT = 40_000
+
+
+def receptive_field(plan: Plan) -> tuple[Field, ...]:
     """The receptive field along each axis: how many input pixels the widest-seeing output pixel depends on.
 
-    Worked out exactly, by following the interval of input pixels each pixel depends on through every layer at a
-    size large enough for the interior of the map to be free of border effects.
+    Worked out exactly, by following the interval of input pixels each pixel depends on through every layer, over
+    one period of the pooling lattice away from the image border. Networks too large for that (a probe of more
+    than ``EXACT_FIELD_LIMIT`` pixels) get a bound from the same rules applied to whole intervals.
 
     Args:
         plan: any plan of the network (only its spec is used).
 
     Returns:
-        The receptive field per axis, in input pixels.
+        One :class:`Field` per axis.
     """
     spec = plan.spec
     result = []
     for axis, (geo, grid) in enumerate(zip(geometry(spec), plan.lattices)):
         kernels = [spec.kernel(level)[axis] for level in range(spec.depth)]
-        bound = 1
-        jump = 1
-        for level in range(spec.depth):  # an upper bound, to size the probe
-            bound += 2 * spec.convs_per_level * (kernels[level] - 1) * jump
-            if level < spec.depth - 1:
-                bound += (geo.pools[level] - 1) * jump
-                jump *= geo.pools[level]
-        size = grid.at_least(3 * bound + grid.first)
-        result.append(_field_along(spec, geo, kernels, size))
+        bound = _field_bound(spec, geo, kernels, [s.crop[axis] for s in reversed(plan.skips)])
+        if spec.padding == "valid" and spec.upsampling == "transpose":
+            size = grid.at_least(2 * grid.border + grid.step)  # nothing pads: one period of outputs is enough
+        else:  # something pads (same convolutions, upsample_conv's far side): keep the period clear of the border
+            size = grid.at_least(2 * bound + grid.step)
+        if size > EXACT_FIELD_LIMIT:
+            result.append(Field(bound, exact=False))
+        else:
+            result.append(Field(_field_along(spec, geo, kernels, size)))
     return tuple(result)
+
+
+def _field_bound(spec, geo: sizes.AxisGeometry, kernels: list[int], crops: list[int]) -> int:  # type: ignore[no-untyped-def]
+    """An upper bound on the receptive field: pixel ``i`` of a map with jump ``J`` sees ``[J*i + lo, J*i + hi]``."""
+    padded = spec.padding == "same"
+    lo = hi = 0
+    jump = 1
+    skips: list[tuple[int, int]] = []
+
+    def convolve(kernel: int) -> None:
+        nonlocal lo, hi
+        if padded:
+            lo -= (kernel - 1) // 2 * jump
+            hi += (kernel - 1) // 2 * jump
+        else:
+            hi += (kernel - 1) * jump
+
+    for level in range(spec.depth):
+        if level > 0:
+            factor = geo.pools[level - 1]
+            hi += (factor - 1) * jump
+            jump *= factor
+        for _ in range(spec.convs_per_level):
+            convolve(kernels[level])
+        skips.append((lo, hi))
+    skips.pop()
+    for level in reversed(range(spec.depth - 1)):
+        factor = geo.pools[level]
+        jump //= factor
+        lo -= (factor - 1) * jump  # fine pixel o sees coarse pixel o // f
+        if spec.upsampling == "upsample_conv":
+            hi += (factor - 1) * jump
+        skip_lo, skip_hi = skips.pop()
+        lo, hi = min(lo, skip_lo + crops[level] * jump), max(hi, skip_hi + crops[level] * jump)
+        for _ in range(spec.convs_per_level):
+            convolve(kernels[level])
+    return hi - lo + 1
 
 
 Interval = tuple[int, int]

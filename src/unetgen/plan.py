@@ -153,7 +153,7 @@ class Plan:
             "flops": cost.flops,
             "activation_bytes": cost.activation_bytes,
             "parameter_bytes": cost.parameter_bytes,
-            "receptive_field": list(receptive_field(self)),
+            "receptive_field": [{"size": f.size, "exact": f.exact} for f in receptive_field(self)],
             "conv_layers": self.conv_layers,
         }
 
