@@ -130,7 +130,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         handle.write(b"half of a new file")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(unetgen.UNetGenError, match="model.pt: cannot write: disk full; the file was not changed"):
         atomic_write(target, fail_midway)
     assert target.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

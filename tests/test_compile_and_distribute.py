@@ -62,12 +62,18 @@ def test_torch_export(spec):
         torch.testing.assert_close(exported.module()(x), model(x))
 
 
-def test_torch_export_with_dynamic_batch():
+def test_torch_export_with_dynamic_sizes():
+    # Valid sizes are first + step * k: with derived dimensions torch.export keeps batch and k symbolic (it
+    # assumes k >= 2; the ONNX export checks k = 0 and 1 separately).
     spec = _small(unetgen.preset("paper"))
     model = unetgen.build(spec, seed=0).eval()
-    x = _input(spec)
-    exported = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}})
-    other = torch.randn(5, *x.shape[1:])
+    grid = unetgen.make_plan(spec).lattices[0]
+    x = torch.randn(2, 1, grid.first + 3 * grid.step, grid.first + 5 * grid.step)
+    k_h, k_w = torch.export.Dim("k_h", min=2, max=64), torch.export.Dim("k_w", min=2, max=64)
+    dims = {"x": {0: torch.export.Dim("batch", min=1, max=64), 2: grid.first + grid.step * k_h,
+                  3: grid.first + grid.step * k_w}}
+    exported = torch.export.export(model, (x,), dynamic_shapes=dims)
+    other = torch.randn(3, 1, grid.first + 7 * grid.step, grid.first + 2 * grid.step)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(other), model(other))
 

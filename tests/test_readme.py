@@ -58,3 +58,11 @@ def test_sizes_examples_are_real(capsys):
     assert _block_after("unetgen sizes paper").startswith(capsys.readouterr().out)
     main(["sizes", "paper", "--output-size", "388"])
     assert capsys.readouterr().out.endswith(_block_after("unetgen sizes paper --output-size 388"))  # its last line
+
+
+def test_bad_input_example_is_real(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start = README.index("`bad.yaml`:\n\n```yaml\n") + len("`bad.yaml`:\n\n```yaml\n")
+    (tmp_path / "bad.yaml").write_text(README[start : README.index("```", start)])
+    assert main(["build", "bad.yaml"]) == 2
+    assert _block_after("unetgen build bad.yaml") == capsys.readouterr().err

@@ -12,13 +12,17 @@ __version__ = "0.1.0"
 
 from .draw import draw
 from .cost import estimate, memory_limit, receptive_field, set_memory_limit
-from .errors import CheckpointError, ResourceError, SizeError, SpecError, UNetGenError
+from .errors import CheckpointError, ExportError, ResourceError, SizeError, SpecError, UNetGenError
 from .plan import Block, Plan, check_input_size, default_input_size, make_plan
 from .spec import UNetSpec, load_spec, parse_spec, preset, preset_names, spec_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import load, save
+    from .export import export_onnx
     from .network import UNet, build
+    from .optimization import optimize
+    from .runtime import onnx_session, read_onnx_info
+    from .inference import predict
 
 __all__ = [
     "__version__",
@@ -46,11 +50,20 @@ __all__ = [
     "draw",
     "build",
     "UNet",
+    "optimize",
     "save",
     "load",
+    "export_onnx",
+    "onnx_session",
+    "read_onnx_info",
+    "ExportError",
+    "predict",
 ]
 
-_LAZY = {"build": "network", "UNet": "network", "save": "checkpoint", "load": "checkpoint"}
+_LAZY = {"build": "network", "UNet": "network", "save": "checkpoint", "load": "checkpoint", "export_onnx": "export",
+         "onnx_session": "runtime", "read_onnx_info": "runtime"}
+_LAZY["predict"] = "inference"  # overlap-tile inference; the module is not named predict, which would shadow it
+_LAZY["optimize"] = "optimization"  # not optimize.py: importing it would shadow the function
 
 
 def plan(spec: UNetSpec | str, input_size: tuple[int, ...] | list[int] | None = None) -> Plan:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -29,7 +29,8 @@ def save(model: UNet, path: str | Path) -> Path:
         The path written.
 
     Raises:
-        UNetGenError: when the file cannot be written.
+        UNetGenError: when the file cannot be written (no such folder, no permission, a full disk); an existing
+            file at ``path`` is then left as it was.
     """
     payload = {
         "format": FORMAT,
@@ -38,7 +39,35 @@ def save(model: UNet, path: str | Path) -> Path:
         "spec": json.dumps(model.spec.model_dump(mode="json")),
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
     }
-    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+    def write(handle: BinaryIO) -> None:
+        writer = _Writer(handle)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            if writer.error is not None:  # torch reports a full disk as "unexpected pos"; say what happened
+                raise writer.error from None
+            raise
+
+    return atomic_write(path, write)
+
+
+class _Writer:
+    """A file handle that keeps the ``OSError`` of a failed write, which ``torch.save`` turns into a RuntimeError."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
@@ -59,6 +88,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
         SpecError: when the spec inside is not valid.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
@@ -77,7 +108,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
         )
     try:
         data = json.loads(payload["spec"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         raise CheckpointError(f"{path}: the checkpoint's spec is missing or not JSON") from None
     spec = spec_from_dict(data, source=f"{path} (spec)")
     state = payload.get("state_dict")

@@ -8,31 +8,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import typing
 from collections.abc import Sequence
 
 from . import __version__
 from .errors import SizeError, UNetGenError
 from .files import check_target
-from .plan import make_plan
-from .spec import load_spec, preset_names
+from .plan import Plan, make_plan
+from .spec import UNetSpec, load_spec, preset_names
 from .summary import render
 
 log = logging.getLogger("unetgen")
 
 
-#: The largest size ``--input-size`` takes, as for the spec's ``input_size``.
+#: The largest size typed on the command line, as for the spec's ``input_size``.
 MAX_INPUT_SIZE = 1_000_000
 
 
 def _input_size(text: str) -> int:
-    """argparse type of one ``--input-size`` value: an integer from 1 to ``MAX_INPUT_SIZE``."""
+    """argparse type of a size (``--input-size``, ``sizes --near/--range/--output-size``): 1 to ``MAX_INPUT_SIZE``."""
+    shown = text if len(text) <= 20 else f"{text[:12]}... ({len(text)} digits)"
     try:
         value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    except ValueError:  # not a number, or one too long for Python to convert (4300 digits)
+        if not text.strip().lstrip("+-").isdecimal():
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+        value = MAX_INPUT_SIZE + 1
     if not 1 <= value <= MAX_INPUT_SIZE:
-        raise argparse.ArgumentTypeError(f"{text[:40]} is out of range; each size must be from 1 to {MAX_INPUT_SIZE}")
+        raise argparse.ArgumentTypeError(f"{shown} is out of range; each size must be from 1 to {MAX_INPUT_SIZE}")
     return value
 
 
@@ -40,7 +45,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line like every other user error (``--help`` shows the usage)."""
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"unetgen: error: {' '.join(message.split())}; see '{self.prog} --help'\n")
+        message = " ".join(message.split())
+        message = message if len(message) <= 300 else message[:297] + "..."  # argparse quotes the whole value
+        self.exit(2, f"unetgen: error: {message}; see '{self.prog} --help'\n")
 
 
 def _plan(spec: UNetSpec, source: str, input_size: Sequence[int] | None) -> Plan:
@@ -67,7 +74,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         from .checkpoint import save
         from .network import build
 
-        path = save(build(spec, args.input_size), args.save)
+        path = save(build(spec, args.input_size, seed=args.seed), args.save)
         print(f"saved {path} (spec + weights; load with unetgen.load)", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -151,7 +158,7 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
             if low > high or low < 1:
                 raise UNetGenError(f"--range {low} {high}: give two sizes, smallest first, from 1 up")
             start = grid.at_least(low)
-            sizes_ = list(range(start, high + 1, grid.step))[:200]
+            sizes_ = list(range(start, high + 1, grid.step)[:200])  # slice the range, not a list of billions
         else:
             centre = args.near if args.near is not None else default_input_size(spec)[names.index(name)]
             if centre < 1:
@@ -164,7 +171,92 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import export_onnx
+
+    if args.weights:
+        from .checkpoint import load
+
+        source: typing.Any = load(args.weights)
+        spec, label = source.spec, args.weights
+        if args.spec is not None and load_spec(args.spec) != spec:
+            raise UNetGenError(
+                f"{args.weights}: the checkpoint's spec ('{spec.name}') differs from {args.spec}; drop SPEC to "
+                "export the checkpoint with the spec saved in it"
+            )
+    else:
+        label = args.spec or "paper"
+        spec = source = load_spec(label)
+    _plan(spec, label, args.input_size)
+    path = Path(args.onnx or f"{spec.name}.onnx")
+    check_target(path)
+    if args.batch is not None and not args.static:
+        raise UNetGenError(
+            "--batch: fixes the batch size of a static file; add --static (a dynamic file takes any batch)"
+        )
+    print(f"exporting {label} to {path} ...", flush=True)
+    report = export_onnx(
+        source, path, input_size=args.input_size, opset=args.opset, static=args.static,
+        batch=args.batch if args.batch is not None else 1, verify=not args.no_verify,
+    )
+    print(report.describe(), end="")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .runtime import read_onnx_info
+
+    info = read_onnx_info(args.file)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+    else:
+        print(info.describe(), end="")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import time
+
+    from .images import output_kind, read_image, write_result
+    from .inference import check_image, load_model, predict
+    from .tiling import plan_tiles
+
+    runner = load_model(args.weights, args.spec)
+    spec = runner.spec
+    output_kind(args.output, args.logits, spec.spatial_dims)
+    check_target(args.output)
+    image = read_image(args.input)
+    if args.channels is not None:
+        channels = args.channels
+    else:
+        channels = "last" if image.channels_last else "first"
+    pixels = check_image(image.pixels, spec, channels, where=args.input)
+    size = pixels.shape[1:]
+    tile = args.tile_size[0] if args.tile_size and len(args.tile_size) == 1 else args.tile_size
+    options = dict(tile_size=tile, memory=args.memory, batch_size=args.batch, overlap=args.overlap)
+    layout = plan_tiles(spec, size, **options)
+    layout_words = "" if image.channels_last and args.channels is None else f", channels {channels}"
+    print(f"read {args.input}: {image.words}{layout_words} → input {'×'.join(map(str, pixels.shape))}")
+    print(f"network {spec.name} from {runner.source}: {spec.in_channels} → {spec.out_channels} channels")
+    print(f"tiles: {layout.describe()}")
+    started = time.perf_counter()
+    result = predict(runner, image.pixels, channels=channels, output="logits" if args.logits else "labels",
+                     progress=True, **options)
+    seconds = time.perf_counter() - started
+    write_result(args.output, result)
+    what = "logits" if args.logits else "labels"
+    shown = "×".join(map(str, result.shape))
+    classes = "" if args.logits else f", classes {int(result.min())}–{int(result.max())} present"
+    rate = math.prod(size) / max(seconds, 1e-9) / 1e6
+    print(f"wrote {args.output}: {what} {shown} {result.dtype}{classes} ({seconds:.1f} s, {rate:.2f} Mpx/s)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .runtime import DEFAULT_OPSET
+
     parser = _Parser(
         prog="unetgen",
         description="Generate U-Net variants from a declarative spec, every shape worked out before building.",
@@ -188,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--json", action="store_true", help="print the plan as JSON")
     build.add_argument("--save", metavar="FILE", help="also build the network and save spec + weights to FILE")
+    build.add_argument("--seed", type=int, metavar="N", help="with --save: make the initial weights deterministic")
     build.set_defaults(func=_cmd_build)
     sizes_cmd = commands.add_parser(
         "sizes",
@@ -197,11 +290,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     sizes_cmd.add_argument("spec", nargs="?", metavar="SPEC", help=f"a YAML spec file or a preset name ({presets})")
     which = sizes_cmd.add_mutually_exclusive_group()
-    which.add_argument("--near", type=int, metavar="N", help="list the valid sizes around N (default: the spec's size)")
-    which.add_argument("--range", type=int, nargs=2, metavar=("A", "B"), help="list the valid sizes from A to B")
-    which.add_argument("--output-size", type=int, metavar="N", help="which input size gives output size N?")
-    sizes_cmd.add_argument("--input-size", nargs="+", type=int, metavar="N", help=argparse.SUPPRESS)
+    which.add_argument(
+        "--near", type=_input_size, metavar="N", help="list the valid sizes around N (default: the spec's size)"
+    )
+    which.add_argument(
+        "--range", type=_input_size, nargs=2, metavar=("A", "B"), help="list the valid sizes from A to B"
+    )
+    which.add_argument("--output-size", type=_input_size, metavar="N", help="which input size gives output size N?")
+    sizes_cmd.add_argument("--input-size", nargs="+", type=_input_size, metavar="N", help=argparse.SUPPRESS)
     sizes_cmd.set_defaults(func=_cmd_sizes)
+    predict = commands.add_parser(
+        "predict",
+        help="segment an image or volume of any size by overlap-tiles",
+        description="Segment an image or volume of any size by overlap-tiles (Ronneberger et al. 2015, Fig. 2): "
+        "tiles on the network's lattice, the image mirrored at its border, tile size from a memory budget. "
+        "Valid networks give exactly one pass over the whole mirrored image; others are blended without seams.",
+    )
+    predict.add_argument(
+        "spec", nargs="?", metavar="SPEC",
+        help="the network (a YAML spec or a preset): needed for a file of weights alone; checked against a "
+        "checkpoint or ONNX file, which hold their spec",
+    )
+    predict.add_argument(
+        "--weights", required=True, metavar="FILE",
+        help="a unetgen checkpoint (.pt), a state dict (torch.save(model.state_dict())), or an exported .onnx file",
+    )
+    predict.add_argument(
+        "--input", required=True, metavar="IMAGE",
+        help="a .npy array, or a PNG, TIFF (multi-page: a volume), JPEG or BMP file",
+    )
+    predict.add_argument(
+        "--output", required=True, metavar="MASK",
+        help="labels to .png, .tif or .npy (pixel value = class), or logits to .npy with --logits",
+    )
+    predict.add_argument("--logits", action="store_true", help="write float32 logits (C, *spatial) to .npy")
+    layout = predict.add_mutually_exclusive_group()
+    layout.add_argument(
+        "--channels-first", dest="channels", action="store_const", const="first",
+        help="the input's first axis holds the channels (the default for .npy: (C, H, W), or (H, W) for one)",
+    )
+    layout.add_argument(
+        "--channels-last", dest="channels", action="store_const", const="last",
+        help="the input's last axis holds the channels (the default for image files: (H, W, C))",
+    )
+    predict.add_argument(
+        "--tile-size", nargs="+", type=_input_size, metavar="N",
+        help="the tile's input size, at most (one value, or one per axis); default: the largest within --memory",
+    )
+    predict.add_argument(
+        "--memory", metavar="SIZE", help="memory budget of one pass, e.g. 2GiB (default 1GiB, at most the limit)"
+    )
+    predict.add_argument("--batch", type=int, metavar="N", help="tiles per pass (default: as many as fit --memory)")
+    predict.add_argument(
+        "--overlap", type=float, default=0.25, metavar="F",
+        help="blended networks: least overlap of neighbouring tiles, a fraction of the tile (default 0.25)",
+    )
+    predict.set_defaults(func=_cmd_predict)
     draw = commands.add_parser(
         "draw",
         help="draw the network as the U-Net paper's Figure 1 (SVG, or PNG)",
@@ -221,6 +365,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     draw.add_argument("--png", action="store_true", help="also write a PNG beside the SVG (needs Chromium or cairosvg)")
     draw.set_defaults(func=_cmd_draw)
+    export = commands.add_parser(
+        "export",
+        help="export the network to ONNX, checked with onnxruntime against torch",
+        description="Export a network to one ONNX file with dynamic batch and spatial sizes (the size rules, the "
+        "spec and the version in its metadata), check it with onnx.checker and with onnxruntime against torch at "
+        "several sizes, and write it atomically. A failed check writes nothing.",
+    )
+    export.add_argument(
+        "spec", nargs="?", metavar="SPEC", help=f"a YAML spec file or a preset name ({presets}); default: paper"
+    )
+    export.add_argument(
+        "--onnx", nargs="?", const="", metavar="FILE",
+        help="the .onnx file to write (default: the spec's name, e.g. paper.onnx)",
+    )
+    export.add_argument("--weights", metavar="CHECKPOINT", help="export this checkpoint (from 'unetgen build --save')")
+    export.add_argument(
+        "--input-size", nargs="+", type=_input_size, metavar="N",
+        help="the size to export and check at, one value per axis (default: the spec's)",
+    )
+    export.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset to write (default: {DEFAULT_OPSET})"
+    )
+    export.add_argument(
+        "--static", action="store_true", help="fix every dimension (batch and size) for runtimes that need it"
+    )
+    export.add_argument("--batch", type=int, metavar="N", help="the batch size of a --static file (default: 1)")
+    export.add_argument("--no-verify", action="store_true", help="skip the checks (not recommended)")
+    export.set_defaults(func=_cmd_export)
+    inspect = commands.add_parser(
+        "inspect",
+        help="print what an exported ONNX file takes: names, shapes, size rules, spec",
+        description="Print the metadata unetgen export wrote into an ONNX file: input and output, the sizes it "
+        "takes (lattice, minimum, border), the opset, the unetgen version and the spec.",
+    )
+    inspect.add_argument("file", metavar="FILE", help="an .onnx file written by unetgen export")
+    inspect.add_argument("--json", action="store_true", help="print it as JSON")
+    inspect.set_defaults(func=_cmd_inspect)
     return parser
 
 

@@ -30,6 +30,10 @@ class CheckpointError(UNetGenError):
     """A checkpoint file that cannot be read, or whose weights do not match its spec."""
 
 
+class ExportError(UNetGenError):
+    """An ONNX export that fails its checks (nothing is written), or an ONNX file unetgen cannot read."""
+
+
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, or an empty string.
 

@@ -35,7 +35,8 @@ def _new_file_mode(path: Path) -> int:
 
 
 def check_target(path: str | Path) -> Path:
-    """Check, before any work is done, that ``path`` can be written: its folder exists and it is not a folder.
+    """Check, before any work is done, that ``path`` can be written: its folder exists and is writable, and it is
+    not a folder itself.
 
     Args:
         path: the file to be written.
@@ -47,10 +48,18 @@ def check_target(path: str | Path) -> Path:
         UNetGenError: when it cannot be written.
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UNetGenError(f"{path}: folder {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise UNetGenError(f"{path}: is a directory; give a file name")
+    if "\x00" in str(path):
+        raise UNetGenError(f"{str(path)[:200]!r}: a file name cannot contain a NUL byte")
+    try:
+        if not path.parent.is_dir():
+            raise UNetGenError(f"{path}: folder {path.parent} does not exist; create it first")
+        if path.is_dir():
+            raise UNetGenError(f"{path}: is a directory; give a file name")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise UNetGenError(f"{path}: folder {path.parent} is not writable; choose another folder")
+    except (OSError, ValueError) as exc:  # a name too long, or with a NUL byte
+        reason = getattr(exc, "strerror", None) or exc
+        raise UNetGenError(f"{str(path)[:200]!r}: cannot write there: {reason}") from None
     return path
 
 
@@ -69,7 +78,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         The path written.
 
     Raises:
-        UNetGenError: when the folder does not exist or is not writable.
+        UNetGenError: when the folder does not exist or is not writable, or the write fails for want of space,
+            permission or the like (any ``OSError``, from the file system or from ``write``).
     """
     path = check_target(path)
     try:
@@ -80,6 +90,6 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             handle.close()
             os.chmod(name, _new_file_mode(path))
             os.replace(name, path)
-    except PermissionError as exc:
-        raise UNetGenError(f"{path}: cannot write: {exc.strerror}") from None
+    except OSError as exc:  # no permission, a read-only file system, a full disk: the old file is intact
+        raise UNetGenError(f"{path}: cannot write: {exc.strerror or exc}; the file was not changed") from None
     return path

@@ -329,10 +329,8 @@ def _conv_widths(data: dict[str, Any], level: int) -> tuple[int, ...]:
 
 
 def _all_widths(data: dict[str, Any]) -> set[int]:
-    widths = {w for level in range(data["depth"]) for w in _conv_widths(data, level)}
-    if data.get("up_channels") == "keep":
-        widths |= {_conv_widths(data, level)[-1] for level in range(data["depth"])}
-    return widths
+    """Every width a norm sees: each convolution of each level (the decoder's are the levels' widths)."""
+    return {w for level in range(data["depth"]) for w in _conv_widths(data, level)}
 
 
 #: Accepted values of each option field, for "did you mean" suggestions.
@@ -357,20 +355,61 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> UNetSpec:
         SpecError: one line per problem, each naming the source and the field.
     """
     if not isinstance(data, dict):
-        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        kind = type(data).__name__
+        kind = "a list" if isinstance(data, list) else f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
         raise SpecError(f"{source}: a spec is a mapping of fields (e.g. 'depth: 5'), got {kind}")
     try:
         return UNetSpec.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise SpecError("\n".join(_describe(error, source) for error in exc.errors())) from None
+        errors = _one_union_branch(exc.errors(), data)
+        raise SpecError("\n".join(_describe(error, source) for error in errors)) from None
+
+
+#: pydantic's names for the branches of ``int | list[int]`` (``PerAxis``) in an error's location.
+_UNION_BRANCHES = ("int", "list[int]")
+
+
+def _one_union_branch(errors: list[Any], data: dict[str, Any]) -> list[Any]:
+    """Keep, for an ``int | list[int]`` entry, the errors of the branch the user meant (a list or not), not both."""
+    kept = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        at = next((i for i, part in enumerate(loc) if part in _UNION_BRANCHES), None)
+        entry: Any = data
+        try:
+            for part in loc[:at]:
+                entry = entry[part]
+        except (KeyError, IndexError, TypeError):
+            at = None
+        if at is None:
+            kept.append(error)
+            continue
+        if isinstance(entry, list) != (loc[at] == "list[int]"):
+            continue  # the other branch's complaint: 'not a list' about a number, 'not an int' about a list
+        error = {**error, "loc": loc[:at] + loc[at + 1 :]}
+        if error["type"] == "int_type" and loc[at] == "int":
+            error["msg"] = "Input should be an integer or a list of integers"
+        kept.append(error)
+    return kept
+
+
+def _loc_part(part: Any) -> str:
+    """A part of an error's location as the user wrote it, quoted if it would break the line or the path."""
+    if isinstance(part, int) and not isinstance(part, bool):
+        return str(part)
+    if isinstance(part, str) and part.isprintable() and part.strip() == part and part and len(part) <= 60:
+        return part
+    return _show(part)
 
 
 def _describe(error: Any, source: str) -> str:
     """One line for one pydantic error: ``source: field: what (got x)[ (did you mean y?)]``."""
-    loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = ".".join(_loc_part(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
     value = error.get("input")
     field = str(error["loc"][0]) if error["loc"] else ""
+    if kind == "invalid_key":
+        return f"{source}: key {_show(value)}: a field name is text, such as 'depth'"
     if kind == "extra_forbidden":
         hint = did_you_mean(field, UNetSpec.model_fields)
         return f"{source}: {loc}: unknown field{hint or '; see the spec fields in the README'}"
@@ -386,7 +425,10 @@ def _describe(error: Any, source: str) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)  # repr escapes newlines and other line breaks: the message stays one line
+    except ValueError:  # an int too long to print
+        return f"an integer of {value.bit_length()} bits"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -449,9 +491,13 @@ def load_spec(source: str | Path | UNetSpec) -> UNetSpec:
     if isinstance(source, UNetSpec):
         return source
     path = Path(source)
-    if path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
+        raise SpecError(f"{str(source)[:200]!r}: not a file name this system can open") from None
+    if exists:
         return spec_from_dict(read_yaml_file(path), str(source))
-    text = str(source)
+    text = str(source) if str(source).isprintable() else repr(str(source))
     looks_like_name = "/" not in text and "\\" not in text and path.suffix not in (".yaml", ".yml")
     if looks_like_name and text in preset_names():
         return preset(text)

@@ -1,9 +1,11 @@
 """YAML text → plain data, safely: YAML is data, never code.
 
-Stricter than ``yaml.safe_load``: duplicate keys are an error (PyYAML keeps the last one silently), only
-``true``/``false`` are booleans (YAML 1.1 turns ``on``, ``off``, ``yes`` and ``no`` into booleans), python tags are
-refused with a clear message, and a document whose aliases expand to a huge tree ("billion laughs") is refused
-before anything walks it.
+Stricter than ``yaml.safe_load``: duplicate keys are an error (PyYAML keeps the last one silently); plain values
+are read as YAML 1.2 reads them, so only ``true``/``false`` are booleans (YAML 1.1 turns ``on``, ``off``, ``yes``
+and ``no`` into booleans), ``010`` is ten, and ``1:30`` and ``2001-12-14`` are strings (YAML 1.1 reads 8, 90 and a
+date); python tags are refused with a clear message; a value that cannot be read (``!!int abc``) or a control
+character is an error with its line, never a traceback; and a document whose aliases expand to a huge tree
+("billion laughs") is refused before anything walks it.
 """
 
 from __future__ import annotations
@@ -18,13 +20,60 @@ from .errors import SpecError
 
 MAX_SPEC_BYTES = 1 << 20
 MAX_NODES = 10_000
+MAX_INT_DIGITS = 100
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+#: YAML 1.1 resolvers that surprise: yes/no booleans, sexagesimal and octal numbers, dates, ``=`` (a "value" tag).
+_REPLACED_TAGS = {_BOOL_TAG, _INT_TAG, _FLOAT_TAG, "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
+#: What PyYAML's constructors raise for a value they cannot make (``!!int abc``, ``!!timestamp x``): the user's
+#: error, reported with its line, not a bug.
+_CONSTRUCTION_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, IndexError, KeyError)
+
+
+class _TooManyNodes(Exception):
+    """Raised while composing: the document already has more than ``MAX_NODES`` nodes, aliases not expanded."""
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and an error for duplicate keys."""
+    """SafeLoader with YAML 1.2 plain scalars and an error for duplicate keys."""
+
+    _composed = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        # Counted as the text is read, so a megabyte of values is refused after 10,000 of them, in milliseconds,
+        # not after seconds of pure-Python parsing.
+        self._composed += 1
+        if self._composed > MAX_NODES:
+            raise _TooManyNodes
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except _CONSTRUCTION_ERRORS:
+            kind = node.tag.rsplit(":", 1)[-1]
+            value = node.value if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_quote(value)} as {kind}", node.start_mark
+            ) from None
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        # YAML 1.2: decimal, 0o octal, 0x hex; ``010`` is ten (YAML 1.1: eight), ``1:30`` is not a number.
+        text = self.construct_scalar(node)
+        if len(text) > MAX_INT_DIGITS:  # Python refuses to convert over 4300 digits; no spec value comes close
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(text)} digits is too large for any field", node.start_mark
+            )
+        if text[:2] in ("0o", "0x"):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text, 10)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"expected a mapping, found a {node.id}", node.start_mark
+            )
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -40,7 +89,7 @@ class _StrictLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f"duplicate key '{key}' (first given on line {first.start_mark.line + 1}); keep only one",
+                    f"duplicate key {_quote(key)} (first given on line {first.start_mark.line + 1}); keep only one",
                     key_node.start_mark,
                 )
             seen[key] = key_node
@@ -48,10 +97,34 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 _StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED_TAGS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+# The YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution); ints before floats.
 _StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_StrictLoader.add_implicit_resolver(
+    _INT_TAG, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+_StrictLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+_StrictLoader.add_constructor(_INT_TAG, _StrictLoader.construct_yaml_int)
+# ``<<`` is a merge key in a mapping's key; as a value it is just the text.
+_StrictLoader.add_constructor("tag:yaml.org,2002:merge", yaml.SafeLoader.construct_scalar)
+
+
+def _quote(value: Any) -> str:
+    """``value`` for a one-line message: repr, shortened; escapes newlines and other line breaks."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
@@ -80,10 +153,14 @@ def parse_yaml(text: str, source: str = "<text>") -> Any:
         The document's data.
 
     Raises:
-        SpecError: on a syntax error, a duplicate key, a python or other unknown tag, a document that expands to
-            more than ``MAX_NODES`` nodes, or nesting too deep to parse.
+        SpecError: on a syntax error, a control character, a duplicate key, a python or other unknown tag, a value
+            its tag cannot make (``!!int abc``) or an integer over ``MAX_INT_DIGITS`` digits, a document that
+            expands to more than ``MAX_NODES`` nodes, or nesting too deep to parse.
     """
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)  # the reader refuses control characters here already
+    except yaml.reader.ReaderError as exc:
+        raise SpecError(_describe_reader_error(exc, text, source)) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -95,14 +172,29 @@ def parse_yaml(text: str, source: str = "<text>") -> Any:
                 f"{MAX_NODES:,} a spec may have; write the spec out without anchors and aliases"
             )
         return loader.construct_document(node)
-    except yaml.constructor.ConstructorError as exc:
-        raise SpecError(_describe_yaml_error(exc, source)) from None
+    except yaml.reader.ReaderError as exc:
+        raise SpecError(_describe_reader_error(exc, text, source)) from None
     except yaml.YAMLError as exc:
         raise SpecError(_describe_yaml_error(exc, source)) from None
     except RecursionError:
         raise SpecError(f"{source}: the YAML is nested too deeply to be a spec") from None
+    except _TooManyNodes:
+        raise SpecError(
+            f"{source}: the document has more than the {MAX_NODES:,} values a spec may have; is this a spec?"
+        ) from None
+    except _CONSTRUCTION_ERRORS as exc:  # a tagged value PyYAML cannot make (e.g. ``!!set`` of a list)
+        detail = " ".join(str(exc).split())[:160]
+        raise SpecError(f"{source}: invalid YAML: cannot read a value ({type(exc).__name__}: {detail})") from None
     finally:
         loader.dispose()
+
+
+def _describe_reader_error(exc: yaml.reader.ReaderError, text: str, source: str) -> str:
+    position = max(0, min(exc.position, len(text)))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+    return f"{source}:{line}:{column}: control character U+{code:04X} is not allowed in YAML; is this a YAML spec?"
 
 
 def _describe_yaml_error(exc: yaml.YAMLError, source: str) -> str:

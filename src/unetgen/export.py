@@ -1,0 +1,730 @@
+"""Built network → ONNX: export with dynamic sizes, verify against torch with onnxruntime, write one file atomically.
+
+The flow is one way: spec (or checkpoint) → :func:`~unetgen.network.build` → ``torch.export`` → ``torch.onnx``
+(the dynamo exporter) → checks → file. Nothing is written until every check has passed.
+
+Sizes in the graph:
+
+* ``output: crop`` networks take any size of the plan's lattice: each spatial axis is exported as the derived
+  dimension ``first + step * k`` (the paper: ``188 + 16k``), so torch's shape solver proves every max-pool, crop
+  and concatenation for every ``k`` and the graph has no size specialised.
+* ``output: same`` networks mirror the input onto the lattice and crop the output back, by amounts
+  :meth:`~unetgen.network.UNet.forward` works out in Python per size. For export the same arithmetic is written
+  without branches and the mirroring as a gather of reflected indices (:class:`_SameOutputForExport`), which
+  equals ``numpy.pad(mode="reflect")`` for every size, however many rounds the module needs; torch.export then
+  keeps the spatial sizes symbolic.
+* ``static=True`` fixes every dimension, batch included, for runtimes that need fixed shapes.
+
+Whatever torch proves is read back from the exported program and written into the file's metadata with the
+plan's size rules, so :func:`unetgen.runtime.onnx_session` can refuse a size the file cannot take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import ExportError
+from .cost import human_bytes
+from .files import atomic_write, check_target
+from .network import UNet, build
+from .plan import Plan, make_plan
+from .runtime import DEFAULT_OPSET, INPUT_NAME, AxisRule, format_size, output_name, shape_words, size_rule_lines
+from .spec import UNetSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+#: Verification passes when ``max |onnxruntime − torch| ≤ TOLERANCE × max |torch output|`` at every checked shape.
+#: float32 differences between the two are ~1e-7–1e-6 of the scale; a wrong crop, pad or weight is ~1.
+TOLERANCE = 1e-4
+#: Largest model written as one self-contained file: protobuf cannot serialise 2 GiB; keep a margin for the graph.
+INLINE_LIMIT = 2**31 - 2**24
+_AXIS_IDS = {1: ("length",), 2: ("height", "width"), 3: ("axis0", "axis1", "axis2")}
+
+
+@dataclass(frozen=True)
+class SizeCheck:
+    """One run of the exported file on onnxruntime, compared with the torch module.
+
+    Attributes:
+        input_shape: the input, ``(batch, channels, *size)``.
+        expected_shape: the output shape the plan gives.
+        output_shape: what onnxruntime returned (None when it failed).
+        max_error: ``max |onnxruntime − torch|`` (None when it failed).
+        scale: ``max |torch output|``.
+        ok: whether the shape is exact and the error within ``TOLERANCE × scale``.
+        problem: what went wrong, in one line ('' when ok).
+    """
+
+    input_shape: tuple[int, ...]
+    expected_shape: tuple[int, ...]
+    output_shape: tuple[int, ...] | None
+    max_error: float | None
+    scale: float | None
+    ok: bool
+    problem: str = ""
+
+    def describe(self) -> str:
+        """One line: shapes, error and verdict."""
+        arrow = f"{format_size(self.input_shape)} → {format_size(self.expected_shape)}"
+        if self.max_error is None:
+            return f"{arrow:<30} FAILED: {self.problem}"
+        relative = self.max_error / max(self.scale or 0.0, 1e-12)
+        numbers = f"{self.max_error:.1e} / {self.scale:.3g} = {relative:.1e}"
+        return f"{arrow:<30} {numbers:<26} {'ok' if self.ok else 'FAILED: ' + self.problem}"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_onnx` did.
+
+    Attributes:
+        path: the file written, or None when nothing was written (a failed check with ``raise_on_failure=False``).
+        spec: the network's spec.
+        opset: the ONNX opset in the file (``opset_import``), always the one requested.
+        input_size: the size the network was exported at.
+        batch: the fixed batch size of a static file, else None.
+        axes: the size rules of each spatial axis.
+        verified: whether the checks ran (``verify=True``).
+        checks: onnxruntime runs compared with torch (empty with ``verify=False``).
+        errors: every failed check, one line each (empty when all passed).
+        tolerance: the relative tolerance the numbers were checked with.
+        external_data: the weights file beside ``path`` for models over 2 GB, else None.
+        file_bytes: size of the ONNX file (plus its external data).
+        export_seconds: time spent in torch.export and torch.onnx.
+        verify_seconds: time spent checking.
+        notes: what a user should know about the file (untrained weights, eval mode, sizes it refuses).
+    """
+
+    path: Path | None
+    spec: UNetSpec
+    opset: int
+    input_size: tuple[int, ...]
+    batch: int | None
+    axes: tuple[AxisRule, ...]
+    verified: bool = False
+    checks: tuple[SizeCheck, ...] = ()
+    errors: tuple[str, ...] = ()
+    tolerance: float = TOLERANCE
+    external_data: Path | None = None
+    file_bytes: int = 0
+    export_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check passed."""
+        return not self.errors
+
+    @property
+    def static(self) -> bool:
+        """Whether every dimension of the file is fixed."""
+        return self.batch is not None
+
+    def describe(self) -> str:
+        """The report as the lines ``unetgen export`` prints."""
+        spec = self.spec
+        lines = [
+            f"{spec.name}: exported at {format_size(self.input_size)} by torch.export + torch.onnx (dynamo), "
+            f"opset {self.opset}, {'static shapes' if self.static else 'dynamic shapes'}",
+            f"input  {INPUT_NAME:<13} float32 {shape_words(spec, self.axes, self.batch, output=False)}",
+            f"output {output_name(spec):<13} float32 {shape_words(spec, self.axes, self.batch, output=True)}",
+        ]
+        lines += [f"  {line}" for line in size_rule_lines(spec, self.axes, self.static)]
+        if not self.verified:
+            lines.append("checks: skipped (--no-verify)")
+        elif self.checks:
+            lines.append(f"onnx.checker (full check) ok; opset_import: ai.onnx {self.opset} as requested")
+            lines.append(
+                f"onnxruntime (CPU) against torch: max |Δ| / max |y| ≤ {self.tolerance:.0e} (y: torch's output)"
+            )
+            lines += [f"  {check.describe()}" for check in self.checks]
+        shown = {f"{format_size(c.input_shape)}: {c.problem}" for c in self.checks if not c.ok}
+        lines += [f"FAILED: {error}" for error in self.errors if error not in shown]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.path is not None:
+            where = "self-contained" if self.external_data is None else f"weights in {self.external_data.name}"
+            lines.append(
+                f"wrote {self.path} ({human_bytes(self.file_bytes)}, {where}) in "
+                f"{self.export_seconds + self.verify_seconds:.1f} s"
+            )
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "path": None if self.path is None else str(self.path),
+            "name": self.spec.name,
+            "opset": self.opset,
+            "input_size": list(self.input_size),
+            "shapes": "static" if self.static else "dynamic",
+            "batch": self.batch,
+            "axes": [rule.to_dict() for rule in self.axes],
+            "tolerance": self.tolerance,
+            "checks": [
+                {
+                    "input_shape": list(c.input_shape),
+                    "expected_shape": list(c.expected_shape),
+                    "output_shape": None if c.output_shape is None else list(c.output_shape),
+                    "max_error": c.max_error,
+                    "scale": c.scale,
+                    "ok": c.ok,
+                    "problem": c.problem,
+                }
+                for c in self.checks
+            ],
+            "errors": list(self.errors),
+            "notes": list(self.notes),
+            "external_data": None if self.external_data is None else str(self.external_data),
+            "file_bytes": self.file_bytes,
+            "export_seconds": round(self.export_seconds, 3),
+            "verify_seconds": round(self.verify_seconds, 3),
+        }
+
+
+def export_onnx(
+    source: UNet | UNetSpec | str | Path = "paper",
+    path: str | Path | None = None,
+    *,
+    input_size: tuple[int, ...] | list[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    static: bool = False,
+    batch: int = 1,
+    verify: bool = True,
+    raise_on_failure: bool = True,
+) -> ExportReport:
+    """Export a network to one ONNX file, check it with onnxruntime against torch, and write it atomically.
+
+    Args:
+        source: a built network (e.g. from :func:`unetgen.load`, with its weights), or a spec, preset name or YAML
+            path (built with the spec's initialisation: untrained weights).
+        path: the ``.onnx`` file to write; default ``<spec name>.onnx`` in the current folder.
+        input_size: the size to export at, one value per spatial axis (default: the spec's). With dynamic shapes
+            the file takes other sizes too; with ``static=True`` only this one.
+        opset: the ONNX opset to write; the file is refused if torch's exporter writes another one.
+        static: fix every dimension (batch included) for runtimes that need fixed shapes.
+        batch: the batch size of a static file (dynamic files take any batch).
+        verify: run ``onnx.checker`` (full check) and compare onnxruntime with torch at the export size, at two
+            other sizes and at batch 2 (static files: at their one shape). On by default.
+        raise_on_failure: raise :class:`~unetgen.errors.ExportError` when a check fails; with False, return the
+            report (its ``errors`` say what failed, ``path`` is None). Either way no file is written.
+
+    Returns:
+        The report: path, opset, size rules, the checks and their errors.
+
+    Raises:
+        SpecError: when ``source`` is not a valid spec.
+        SizeError: when the network cannot take ``input_size``.
+        ExportError: when a check fails (and ``raise_on_failure``), the opset cannot be written, the export size is
+            one the dynamic graph does not take, or the file cannot be written (a full disk).
+        ResourceError: when the network (or a checking pass) would exceed the memory limit.
+        UNetGenError: when ``path`` cannot be written.
+    """
+    spec = source.spec if isinstance(source, UNet) else load_spec(source)
+    plan = make_plan(spec, input_size)
+    target = check_target(Path(path) if path is not None else Path(f"{spec.name}.onnx"))
+    if target.suffix.lower() != ".onnx":
+        raise ExportError(f"{target}: an ONNX file name ends in .onnx; give e.g. {target.with_suffix('.onnx').name}")
+    _check_opset(opset)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ExportError(f"batch {batch!r}: give a batch size from 1 up")
+    if batch != 1 and not static:
+        raise ExportError(f"batch {batch}: a fixed batch size needs static shapes; add --static (or drop --batch)")
+    model = source if isinstance(source, UNet) else build(spec, input_size)
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        onnx_model, axes = _export(model, plan, opset, static, batch)
+        export_seconds = time.perf_counter() - started
+        for rule, size in zip(axes, plan.input_size):
+            if (rule.dynamic and size < rule.minimum) or (not rule.dynamic and size != rule.minimum):
+                raise ExportError(
+                    f"input {format_size(plan.input_size)}: {rule.name}: the dynamic graph takes "
+                    + (f"sizes from {rule.minimum} up" if rule.dynamic else f"only {rule.minimum}")
+                    + " along this axis (what torch.export proved); export this size with --static"
+                )
+        fixed = batch if static else None
+        _annotate(onnx_model, plan, axes, fixed)
+        report = ExportReport(
+            path=None, spec=spec, opset=opset, input_size=plan.input_size, batch=fixed, axes=axes,
+            export_seconds=export_seconds, notes=_notes(source, plan, axes),
+        )
+        return _check_and_write(model, onnx_model, report, target, verify, raise_on_failure)
+    finally:
+        model.train(was_training)
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+
+def _check_opset(opset: int) -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= newest:
+        raise ExportError(
+            f"opset {opset!r}: give an ONNX opset from 7 to {newest} (this onnx's newest); default {DEFAULT_OPSET}"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.export and torch.onnx warn and log freely (torchvision missing, deprecations): keep them at DEBUG."""
+    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for warning in caught:
+            log.debug("exporter warning: %s", warning.message)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _export(model: UNet, plan: Plan, opset: int, static: bool, batch: int) -> tuple[Any, tuple[AxisRule, ...]]:
+    """torch.export → torch.onnx; the ONNX IR model and what torch proved about each spatial axis."""
+    spec = plan.spec
+    ids = _AXIS_IDS[spec.spatial_dims]
+    grids = plan.lattices
+    sample = torch.zeros(batch if static else 2, spec.in_channels, *(plan.input_size if static else _sample_size(plan)))
+    module: nn.Module = model
+    dynamic: dict[int, Any] = {}
+    if not static:
+        dynamic[0] = torch.export.Dim("batch", min=1)
+        if spec.output == "same":
+            module = _SameOutputForExport(model)
+            for axis in range(spec.spatial_dims):
+                dynamic[axis + 2] = torch.export.Dim.AUTO
+        else:
+            for axis, grid in enumerate(grids):
+                dynamic[axis + 2] = grid.step * torch.export.Dim(f"k_{ids[axis]}", min=0) + grid.first
+    log.info("exporting %s at %s (%s)", spec.name, format_size(sample.shape), "static" if static else "dynamic")
+    with _quiet_exporter():
+        program = torch.export.export(module, (sample,), dynamic_shapes={"x": dynamic} if dynamic else None)
+        onnx_program = torch.onnx.export(
+            program, (sample,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[output_name(spec)], verbose=False, optimize=True,
+        )
+    axes = []
+    for (name, grid), (dynamic_axis, proven) in zip(zip(plan.axis_names, grids), _proven_sizes(program, spec)):
+        if not dynamic_axis:  # a static export, or an axis torch.export specialised to its sample size
+            rule = AxisRule(name, grid.first, grid.step, grid.border, dynamic=False, minimum=proven)
+        elif spec.output == "same":
+            lowest = max(proven, _same_output_minimum(grid))
+            rule = AxisRule(name, grid.first, grid.step, grid.border, dynamic=True, minimum=lowest)
+        else:
+            # torch takes every symbol to be at least 2 (its 0/1 convention), so it proved k >= 2; the graph has no
+            # branch on k, and k = 0 and 1 are among the sizes every export is checked at (see check_shapes).
+            rule = AxisRule(name, grid.first, grid.step, grid.border, dynamic=True, minimum=grid.first)
+        axes.append(rule)
+    return onnx_program.model, tuple(axes)
+
+
+def _sample_size(plan: Plan) -> tuple[int, ...]:
+    """A size to trace a dynamic export at: generic, whatever size the user exports at.
+
+    torch.export specialises a symbol whose sample is 0 or 1, and gives axes of equal size one symbol; so each axis
+    gets its own lattice point with ``k = 2 + axis`` (for ``output: same``, an odd size just above it).
+    """
+    out = []
+    for axis, grid in enumerate(plan.lattices):
+        core = grid.first + (2 + axis) * grid.step
+        out.append(core if plan.spec.output == "crop" else max(3, core - 2 * grid.border + 1))
+    return tuple(out)
+
+
+def _proven_sizes(program: torch.export.ExportedProgram, spec: UNetSpec) -> list[tuple[bool, int]]:
+    """Per spatial axis of the exported input: (dynamic, the smallest size torch.export proved or the fixed size)."""
+    user_input = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_input)
+    out = []
+    for dim in node.meta["val"].shape[2 : 2 + spec.spatial_dims]:
+        if not isinstance(dim, torch.SymInt):
+            out.append((False, int(dim)))
+            continue
+        expr = dim.node.expr
+        lowest = {symbol: program.range_constraints[symbol].lower for symbol in expr.free_symbols}
+        out.append((True, int(expr.subs(lowest))))
+    return out
+
+
+def _same_output_arithmetic(size: Any, first: int, step: int, border: int) -> tuple[Any, Any, Any]:
+    """``(pad_before, core_size, crop_before)`` of ``output: same`` without a branch, for ints and symbolic sizes.
+
+    :func:`unetgen.sizes.same_output_pads` rounds ``size + 2 * border`` up to the lattice with an ``if``, which
+    torch.export would specialise; this rounds up with a floor division only, and equals it for every
+    ``size >= _same_output_minimum`` (tested).
+    """
+    core = first + (size + 2 * border - first + step - 1) // step * step
+    crop_before = (core - 2 * border - size) // 2
+    return border + crop_before, core, crop_before
+
+
+def _same_output_minimum(grid: Any) -> int:
+    """Smallest size from which :func:`_same_output_arithmetic` equals the plan's: size + 2·border > first − step.
+
+    Below it the floor division rounds down past the lattice's first point, where the plan clamps to it.
+    """
+    return max(2, grid.first - grid.step - 2 * grid.border + 1)
+
+
+class _SameOutputForExport(nn.Module):
+    """``output: same`` in operations torch.export keeps symbolic: reflected-index gathers and a branch-free crop.
+
+    Runs the wrapped network's own ``forward`` on the mirrored input (a shallow copy with ``same_output`` off, so
+    the weights are shared and the user's module is untouched), then crops its output back to the input's size.
+    """
+
+    def __init__(self, model: UNet) -> None:
+        """Args:
+        model: a network with ``output: same``.
+        """
+        super().__init__()
+        core = copy.copy(model)  # shares parameters and submodules; only the flag below differs
+        core.same_output = False
+        self.core = core
+        self.grids = [(g.first, g.step, g.border) for g in model.plan.lattices]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spans = []
+        for axis, (first, step, border) in enumerate(self.grids):
+            size = x.shape[axis + 2]
+            pad_before, core, crop_before = _same_output_arithmetic(size, first, step, border)
+            # Index i of the mirrored axis reads pixel reflect(i − pad_before): numpy's "reflect", period 2(n − 1).
+            index = torch.arange(core, device=x.device) - pad_before
+            period = torch.full((), 2 * (size - 1), dtype=torch.int64, device=x.device)
+            index = torch.remainder(index, period)
+            index = torch.where(index < size, index, period - index)
+            x = x.index_select(axis + 2, index)
+            spans.append((crop_before, size))
+        y = self.core(x)
+        for axis, (start, size) in enumerate(spans):
+            y = y.index_select(axis + 2, torch.arange(start, start + size, device=y.device))
+        return y
+
+
+# --- metadata ----------------------------------------------------------------------------------------------
+
+
+def _annotate(onnx_model: Any, plan: Plan, axes: tuple[AxisRule, ...], batch: int | None) -> None:
+    """Name the dimensions and write the spec, the version and the size rules into the model's metadata."""
+    import onnx_ir as ir
+
+    spec = plan.spec
+    ids = _AXIS_IDS[spec.spatial_dims]
+    graph = onnx_model.graph
+    batch_dim: Any = batch if batch is not None else ir.SymbolicDim("batch")
+    ins, outs = [], []
+    for axis, rule in enumerate(axes):
+        if not rule.dynamic:
+            size = rule.minimum
+            ins.append(size)
+            outs.append(size if spec.output == "same" else size - 2 * rule.border)
+        elif spec.output == "same":
+            ins.append(ir.SymbolicDim(ids[axis]))
+            outs.append(ir.SymbolicDim(ids[axis]))
+        else:
+            k = f"k_{ids[axis]}"
+            ins.append(ir.SymbolicDim(f"{rule.step}*{k} + {rule.first}"))
+            outs.append(ir.SymbolicDim(f"{rule.step}*{k} + {rule.first - 2 * rule.border}"))
+    graph.inputs[0].shape = ir.Shape([batch_dim, spec.in_channels, *ins])
+    graph.outputs[0].shape = ir.Shape([batch_dim, spec.out_channels, *outs])
+    sizes = {
+        "input": INPUT_NAME,
+        "output": output_name(spec),
+        "shapes": "dynamic" if batch is None else "static",
+        "batch": batch,
+        "output_mode": spec.output,
+        "export_size": list(plan.input_size),
+        "axes": [rule.to_dict() for rule in axes],
+    }
+    props = onnx_model.metadata_props
+    props["unetgen.version"] = __version__
+    props["unetgen.spec"] = json.dumps(spec.model_dump(mode="json"), separators=(",", ":"))
+    props["unetgen.sizes"] = json.dumps(sizes, separators=(",", ":"))
+    props["unetgen.size_rules"] = "; ".join(size_rule_lines(spec, axes, batch is not None))
+    onnx_model.doc_string = (
+        f"{spec.name}: U-Net from unetgen {__version__}"
+        + (f" ({spec.description})" if spec.description else "")
+        + f". {INPUT_NAME} {shape_words(spec, axes, batch, output=False)} → {output_name(spec)} "
+        f"{shape_words(spec, axes, batch, output=True)}. Size rules: {props['unetgen.size_rules']}. "
+        "Run it with unetgen.onnx_session(path), which checks sizes first."
+    )
+
+
+def _notes(source: Any, plan: Plan, axes: tuple[AxisRule, ...]) -> tuple[str, ...]:
+    """What a user should know about the file: untrained weights, eval mode, sizes the graph does not take."""
+    notes = []
+    if not isinstance(source, UNet):
+        init = "init: paper, He et al." if plan.spec.init == "paper" else "PyTorch's default init"
+        notes.append(f"untrained weights ({init}); export a trained checkpoint with --weights model.pt")
+    if plan.spec.norm == "batch":
+        notes.append("exported in eval mode: batch norm uses its running statistics")
+    if plan.spec.dropout > 0:
+        notes.append("exported in eval mode: dropout is off")
+    if plan.spec.output == "same":
+        raised: dict[int, list[str]] = {}
+        for rule in axes:
+            if rule.dynamic and rule.minimum > 2:
+                raised.setdefault(rule.minimum, []).append(rule.name)
+        for minimum, names in raised.items():
+            where = "" if len(axes) == 1 else f" along {', '.join(names)}"
+            notes.append(
+                f"sizes below {minimum}{where} are refused by onnx_session (the exported graph is exact from "
+                f"{minimum} up); export such a size with --static --input-size"
+            )
+    return tuple(notes)
+
+
+# --- checks and writing ------------------------------------------------------------------------------------
+
+
+def _check_and_write(
+    model: UNet, onnx_model: Any, report: ExportReport, target: Path, verify: bool, raise_on_failure: bool
+) -> ExportReport:
+    """Stage the file beside ``target``, check it, and move it into place only if every check passed."""
+    started = time.perf_counter()
+    found = {domain or "ai.onnx": version for domain, version in onnx_model.opset_imports.items()}
+    if found.get("ai.onnx") != report.opset:
+        raise ExportError(
+            f"opset {report.opset} was requested, but torch's exporter wrote opset {found.get('ai.onnx')} (its "
+            f"converter cannot take this network down to {report.opset}); use --opset {found.get('ai.onnx')}"
+        )
+    weights = sum(value.const_value.nbytes for value in onnx_model.graph.initializers.values())
+    with _staging(target, external=weights > INLINE_LIMIT) as stage:
+        with _writing(target):
+            stage.write(onnx_model)
+        errors: list[str] = []
+        checks: list[SizeCheck] = []
+        if verify:
+            others = sorted(domain for domain in found if domain != "ai.onnx")
+            if others:
+                errors.append(f"opset_import: custom domains {', '.join(others)} (other runtimes may not run them)")
+            errors += _full_check(stage.model_path)
+            if not errors:
+                checks = _check_shapes(model, stage.model_path, report)
+                errors += [f"{format_size(c.input_shape)}: {c.problem}" for c in checks if not c.ok]
+        done = dataclasses.replace(
+            report, verified=verify, checks=tuple(checks), errors=tuple(errors),
+            verify_seconds=time.perf_counter() - started,
+        )
+        if errors:
+            if raise_on_failure:
+                raise ExportError("\n".join(f"{target}: check failed, nothing written: {e}" for e in errors))
+            return done
+        with _writing(target):
+            data = stage.commit()
+    file_bytes = target.stat().st_size + (data.stat().st_size if data is not None else 0)
+    log.info("wrote %s (%d bytes)", target, file_bytes)
+    return dataclasses.replace(done, path=target, external_data=data, file_bytes=file_bytes)
+
+
+class _Stage:
+    """The ONNX file (and its external data) in a private folder beside the target until every check has passed."""
+
+    def __init__(self, target: Path, folder: Path, external: bool) -> None:
+        self.target = target
+        self.folder = folder
+        self.external = external
+        self.model_path = folder / target.name
+        self.data_name = f"{target.name}.{os.urandom(4).hex()}.data" if external else None
+
+    def write(self, onnx_model: Any) -> None:
+        """Write the model into the private folder (weights beside it when external)."""
+        import onnx_ir as ir
+
+        if self.external:
+            ir.save(onnx_model, self.model_path, external_data=self.data_name, size_threshold_bytes=0)
+        else:
+            self.model_path.write_bytes(ir.to_proto(onnx_model).SerializeToString())
+
+    def commit(self) -> Path | None:
+        """Move the checked file into place: new weights (under a new name) first, then the model in one step.
+
+        A self-contained file goes through :func:`unetgen.files.atomic_write`, like every file unetgen writes. With
+        external data each step is an ``os.replace`` within one folder, so an interruption leaves the old model
+        pointing at its own weights, or the new one at the new weights, never a mix.
+        """
+        old_data = _external_files(self.target) if self.target.exists() else []
+        if self.data_name is None:
+            payload = self.model_path.read_bytes()
+            atomic_write(self.target, lambda handle: handle.write(payload))
+            data_path = None
+        else:
+            data_path = self.target.parent / self.data_name
+            _fsync_and_replace(self.folder / self.data_name, data_path)
+            _fsync_and_replace(self.model_path, self.target)
+        for stale in old_data:  # the previous export's weights (ours, by name): nothing points at them now
+            if stale != data_path:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        return data_path
+
+
+def _fsync_and_replace(source: Path, target: Path) -> None:
+    with open(source, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(source, target)
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """A full disk or a refused write is a user error, and leaves any file at ``target`` as it was."""
+    try:
+        yield
+    except OSError as exc:
+        raise ExportError(f"{target}: cannot write: {exc.strerror or exc}; the file was not changed") from None
+
+
+@contextlib.contextmanager
+def _staging(target: Path, external: bool) -> Iterator[_Stage]:
+    """A private folder beside ``target`` for the file until it has passed its checks; removed in any case."""
+    with _writing(target):
+        folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield _Stage(target, folder, external)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _external_files(path: Path) -> list[Path]:
+    """The external-data files of an earlier unetgen export at ``path`` (named ``<file>.<hex>.data``)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not an ONNX file (or unreadable): nothing of ours to clean up
+        return []
+    pattern = re.compile(re.escape(path.name) + r"\.[0-9a-f]{8}\.data")
+    names = set()
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and pattern.fullmatch(entry.value):
+                names.add(entry.value)
+    return [path.parent / name for name in sorted(names)]
+
+
+def _full_check(model_path: Path) -> list[str]:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(model_path), full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError: both mean the file is not valid ONNX
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [f"onnx.checker: {first[:300]}"]
+    return []
+
+
+def check_shapes(report: ExportReport) -> list[tuple[int, ...]]:
+    """The input shapes :func:`export_onnx` verifies for a report's file.
+
+    Three runs: the export size at batch 1; another size at batch 1 and the smallest sizes the file takes at
+    batch 2. For ``output: crop`` those are other lattice points (``k`` = 2, 3, 4 … along the axes, then ``k`` = 0
+    and 1 alternating), so no axis repeats another's size; for ``output: same`` they are odd sizes (the smallest
+    ones mirror in several rounds). Both are small, so checking costs little beyond the export size. A static
+    file has one shape, and that is checked.
+
+    Args:
+        report: the export's report (its spec, size and axis rules).
+
+    Returns:
+        The ``(batch, channels, *size)`` shapes, none repeated.
+    """
+    spec = report.spec
+    size = tuple(report.input_size)
+    if report.static:
+        return [(int(report.batch or 1), spec.in_channels, *size)]
+
+    def odd(n: int) -> int:
+        return n if n % 2 else n + 1
+
+    size = tuple(s if rule.dynamic else rule.minimum for s, rule in zip(size, report.axes))
+    other: list[int] = []
+    small: list[int] = []
+    for axis, (s, rule) in enumerate(zip(size, report.axes)):
+        if not rule.dynamic:  # specialised by torch.export: the file takes only this size along the axis
+            other.append(s)
+            small.append(s)
+        elif spec.output == "same":
+            other.append(odd(max(rule.minimum, rule.first - 2 * rule.border + (2 + axis) * rule.step + 1)))
+            small.append(odd(rule.minimum + 2 * axis))
+        else:
+            other.append(rule.minimum + (2 + axis) * rule.step)
+            small.append(rule.minimum + (axis % 2) * rule.step)
+    shapes = [(1, spec.in_channels, *size)]
+    for batch, sizes in ((1, other), (2, small)):
+        while tuple(sizes) in {shape[2:] for shape in shapes} and any(r.dynamic for r in report.axes):
+            sizes = [n + (2 if spec.output == "same" else r.step) * r.dynamic for n, r in zip(sizes, report.axes)]
+        shapes.append((batch, spec.in_channels, *sizes))
+    return shapes
+
+
+def _check_shapes(model: UNet, model_path: Path, report: ExportReport) -> list[SizeCheck]:
+    """Run the file on onnxruntime (CPU) at each shape of :func:`check_shapes` and compare with torch."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    generator = np.random.default_rng(0)
+    checks = []
+    for shape in check_shapes(report):
+        x = generator.standard_normal(shape, dtype=np.float32)
+        expected = (shape[0], report.spec.out_channels, *make_plan(report.spec, shape[2:]).output_size)
+        with torch.no_grad():
+            reference = model(torch.from_numpy(x)).numpy()
+        try:
+            (got,) = session.run(None, {INPUT_NAME: x})
+        except Exception as exc:  # onnxruntime's errors are plain RuntimeErrors with a long message
+            message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            checks.append(SizeCheck(shape, expected, None, None, None, False, f"onnxruntime failed: {message}"))
+            continue
+        scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+        if tuple(got.shape) != expected or tuple(reference.shape) != expected:
+            problem = (
+                f"output {format_size(got.shape)}, torch {format_size(reference.shape)}, "
+                f"the plan {format_size(expected)}"
+            )
+            checks.append(SizeCheck(shape, expected, tuple(got.shape), None, scale, False, problem))
+            continue
+        error = float(np.max(np.abs(got.astype(np.float64) - reference))) if got.size else 0.0
+        ok = bool(np.isfinite(error)) and error <= TOLERANCE * max(scale, 1e-6)
+        problem = "" if ok else f"max |Δ| {error:.2e} exceeds {TOLERANCE:.0e} × scale {scale:.3g}"
+        checks.append(SizeCheck(shape, expected, tuple(got.shape), error, scale, ok, problem))
+    return checks
+
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "TOLERANCE",
+    "INLINE_LIMIT",
+    "SizeCheck",
+    "ExportReport",
+    "export_onnx",
+    "check_shapes",
+]

@@ -1,0 +1,530 @@
+"""Overlap-tile arithmetic: which windows of an image the network runs on, and which output pixels each one gives.
+
+Pure integers, no torch. Ronneberger et al. 2015 (sec. 2, Fig. 2) segment an image of any size by tiles: each
+output tile is predicted from a larger input tile, and the context missing at the image border is mirrored.
+:mod:`unetgen.inference` runs the tiles this module lays out.
+
+The reference is one pass over the whole image, mirrored as ``output: same`` mirrors it
+(:func:`unetgen.sizes.same_output_pads`: the network's border plus half the rounding to the next valid size on each
+side). Every tile is placed so that it sees the same max-pooling phase as that pass: tile windows start a multiple
+of the lattice step from the reference's origin, and the last one ends where the reference ends. Then:
+
+* **exact** stitching (valid convolutions, and a norm that acts pixel by pixel: none, or batch norm in eval mode):
+  a valid network is translation-equivariant for shifts by the lattice step, so each output pixel is taken from one
+  tile that computes it exactly as the whole-image pass does. Pixels a tile computes differently from that pass
+  (:func:`edge_margins`) are left to its neighbour.
+* **blend** stitching (same padding, or instance/group/layer norm, which see each tile's statistics): neighbouring
+  tiles overlap, and each tile's output is weighted by a separable window that is zero where a pixel's input
+  window crosses the tile's inner edge (padded convolutions saw zeros there instead of the image) and rises along a
+  raised-cosine ramp to one, so the stitched map has no seams; with no norm or batch norm it equals the whole-image
+  pass. At the image border (the reference's edge) a tile keeps full weight.
+
+All sizes come from the plan's lattices (``first``, ``step``, ``border`` per axis); tile sizes are chosen from the
+plan's memory estimate (:func:`unetgen.estimate`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Literal
+
+from .cost import estimate, human_bytes, memory_limit, parse_bytes, receptive_field
+from .errors import ResourceError, SizeError, UNetGenError
+from .plan import Plan, geometry, lattices, make_plan
+from .sizes import AxisGeometry, Lattice, same_output_pads
+from .spec import UNetSpec
+
+Mode = Literal["exact", "blend"]
+
+#: Default memory budget of one pass (weights + activations), capped by :func:`unetgen.memory_limit`.
+DEFAULT_MEMORY = 1 << 30
+#: Default overlap of blended tiles, as a fraction of the tile's output along each axis.
+DEFAULT_OVERLAP = 0.25
+#: Most tiles run in one pass when the batch is chosen from the memory budget.
+MAX_BATCH = 16
+
+_AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("axis 0", "axis 1", "axis 2")}
+
+
+def stitching(spec: UNetSpec) -> Mode:
+    """How tiles of ``spec`` are stitched: ``exact`` or ``blend`` (see the module docstring).
+
+    Args:
+        spec: the network.
+
+    Returns:
+        ``exact`` for valid convolutions with no norm or batch norm (eval mode: a per-channel affine map), else
+        ``blend``.
+    """
+    return "exact" if spec.padding == "valid" and _local_norm(spec) else "blend"
+
+
+def _local_norm(spec: UNetSpec) -> bool:
+    """Whether the norm acts on each pixel alone (none, or batch norm in eval mode: a per-channel affine map)."""
+    return spec.norm in ("none", "batch")
+
+
+def edge_margins(spec: UNetSpec) -> tuple[tuple[int, int], ...]:
+    """Output pixels at a tile's near and far edge that may differ from the whole-image pass, per axis.
+
+    * Padded convolutions (``padding: same``) see zeros past a tile's edge where the whole image has pixels: an
+      output pixel is the whole-image pass's only when its input window (:func:`reach`) lies inside the tile.
+    * ``output: same`` networks mirror every tile they are given, so the same holds for them.
+    * ``upsample_conv`` pads its 2×2 convolution by one pixel at the far side (and linear interpolation clamps at
+      both ends), so each decoder level spoils the pixels that the level below spoilt, times the factor, plus the
+      factor − 1 of its own pad: ``step − 1`` at the far side with nearest interpolation; with linear
+      interpolation ``step − 1`` at the near side and ``2·step − 2`` at the far side. ``transpose`` spoils none.
+
+    With instance, group or layer norm no tile output equals the whole-image pass anywhere, and there are none.
+
+    Args:
+        spec: the network.
+
+    Returns:
+        ``(near, far)`` pixels of each tile's output to leave to the neighbouring tiles, per axis.
+    """
+    if not _local_norm(spec):  # each tile is normalised by its own statistics: no tile is exact anywhere
+        return ((0, 0),) * spec.spatial_dims
+    margins = []
+    windows = reach(spec) if spec.padding == "same" or spec.output == "same" else None
+    for axis, grid in enumerate(lattices(spec)):
+        near = far = 0
+        if spec.upsampling == "upsample_conv":
+            if spec.interpolation == "nearest":
+                far = grid.step - 1
+            else:
+                near, far = grid.step - 1, 2 * grid.step - 2
+        if windows is not None:
+            near, far = near + windows[axis][0], far + windows[axis][1]
+        margins.append((near, far))
+    return tuple(margins)
+
+
+def reach(spec: UNetSpec) -> tuple[tuple[int, int], ...]:
+    """How far an output pixel's input window reaches before and after the input pixel it lies over, per axis.
+
+    The worst case over the pooling phases, for pixels far from the map's edges (the core network, no mirroring).
+    Worked out like :func:`unetgen.receptive_field`, by following each pixel's interval of input pixels through
+    every layer; for networks too large for that, the receptive field less one bounds it on each side.
+
+    Args:
+        spec: the network.
+
+    Returns:
+        ``(before, after)`` input pixels per axis.
+    """
+    grids = lattices(spec)
+    fields = receptive_field(make_plan(spec, tuple(grid.first for grid in grids)))
+    result = []
+    for axis, (geo, grid, field) in enumerate(zip(geometry(spec), grids, (f.size for f in fields))):
+        # Outputs ``field + step`` from either edge of the probe see no edge; one period of them is enough.
+        size = grid.at_least(2 * grid.border + 2 * field + 3 * grid.step)
+        if size > _REACH_PROBE_LIMIT or not all(f.exact for f in fields):
+            result.append((field - 1, field - 1))  # a window of ``field`` pixels reaches no further to either side
+            continue
+        kernels = [spec.kernel(level)[axis] for level in range(spec.depth)]
+        windows = _windows(spec, geo, kernels, size)
+        before = after = 0
+        for index in range(field + grid.step, len(windows) - field - grid.step):
+            centre = index + grid.border
+            lo, hi = windows[index]
+            before, after = max(before, centre - lo), max(after, hi - centre)
+        result.append((before, after))
+    return tuple(result)
+
+
+#: Largest probe (pixels along one axis) :func:`reach` follows pixel by pixel; beyond it, the receptive field bounds it.
+_REACH_PROBE_LIMIT = 8192
+
+
+def _windows(spec: UNetSpec, geo: AxisGeometry, kernels: list[int], size: int) -> list[tuple[int, int]]:
+    """The interval of input pixels each output pixel depends on, along one axis, for an input of ``size``."""
+
+    def conv(maps: list[tuple[int, int]], kernel: int, padded: bool) -> list[tuple[int, int]]:
+        pad = (kernel - 1) // 2 if padded else 0
+        count = len(maps) if padded else len(maps) - kernel + 1
+        result = []
+        for i in range(count):
+            part = maps[max(0, i - pad) : min(len(maps), i - pad + kernel)]
+            result.append((min(m[0] for m in part), max(m[1] for m in part)))
+        return result
+
+    padded = spec.padding == "same"
+    current = [(i, i) for i in range(size)]
+    skips = []
+    for level in range(spec.depth):
+        if level > 0:
+            f = geo.pools[level - 1]
+            current = [(current[f * i][0], current[f * i + f - 1][1]) for i in range(len(current) // f)]
+        for _ in range(spec.convs_per_level):
+            current = conv(current, kernels[level], padded)
+        skips.append(current)
+    skips.pop()
+    for level in reversed(range(spec.depth - 1)):
+        f = geo.pools[level]
+        up = [current[i // f] for i in range(len(current) * f)]
+        if spec.upsampling == "upsample_conv":
+            if spec.interpolation == "linear":  # each up-sampled pixel mixes its source with a neighbour
+                last = len(current) - 1
+                up = [(current[max(i // f - 1, 0)][0], current[min(i // f + 1, last)][1]) for i in range(len(up))]
+            up = conv(up + [up[-1]] * (f - 1), f, False)
+        skip = skips.pop()
+        margin = (len(skip) - len(up)) // 2
+        skip = skip[margin : margin + len(up)]
+        current = [(min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(skip, up)]
+        for _ in range(spec.convs_per_level):
+            current = conv(current, kernels[level], padded)
+    return current
+
+
+@dataclass(frozen=True)
+class AxisTiles:
+    """How one spatial axis of the image is cut into tiles.
+
+    Coordinates are image pixels along the axis (0 … ``size`` − 1); a window may reach past the image, where the
+    image is mirrored (``numpy.pad(mode="reflect")``, as the paper does).
+
+    Attributes:
+        size: the image's size along the axis.
+        window: each tile's input size (a size the network takes).
+        out: each tile's output size.
+        shift: output pixel *i* of a tile lies over pixel ``start + shift + i`` (the border for ``output: crop``,
+            0 for ``output: same``).
+        step: the lattice step: the distance between tile starts is a multiple of it.
+        starts: where each tile's window starts, in image pixels.
+        margins: ``(near, far)`` output pixels of each tile left to its neighbours (see :func:`edge_margins`);
+            none at the first tile's near side and the last tile's far side, which line up with the reference.
+        ramp: blended tiles: the raised-cosine ramp after the margin at each inner edge, in pixels (0: exact).
+    """
+
+    size: int
+    window: int
+    out: int
+    shift: int
+    step: int
+    starts: tuple[int, ...]
+    margins: tuple[int, int]
+    ramp: int
+
+    @property
+    def count(self) -> int:
+        """Tiles along the axis."""
+        return len(self.starts)
+
+    def covers(self, k: int) -> tuple[int, int]:
+        """The image pixels ``[lo, hi)`` tile ``k``'s output lies over (may reach past the image)."""
+        lo = self.starts[k] + self.shift
+        return lo, lo + self.out
+
+    def usable(self, k: int) -> tuple[int, int]:
+        """The pixels ``[lo, hi)`` where tile ``k``'s output equals (exact) or may stand for (blend) the reference."""
+        lo, hi = self.covers(k)
+        if k > 0:
+            lo += self.margins[0]
+        if k < self.count - 1:
+            hi -= self.margins[1]
+        return lo, hi
+
+    def keep(self, k: int) -> tuple[int, int]:
+        """Exact stitching: the image pixels ``[lo, hi)`` taken from tile ``k`` (the ranges partition the image)."""
+        lo = self._boundary(k - 1) if k > 0 else self.usable(k)[0]
+        hi = self._boundary(k) if k < self.count - 1 else self.usable(k)[1]
+        return max(lo, 0), min(hi, self.size)
+
+    def _boundary(self, k: int) -> int:
+        """Where tile ``k`` hands over to tile ``k + 1``: the middle of the overlap of their usable outputs."""
+        return (self.usable(k + 1)[0] + self.usable(k)[1]) // 2
+
+    def weights(self, k: int) -> list[float]:
+        """Blend stitching: tile ``k``'s weight at each of its ``out`` output pixels.
+
+        Zero in the margins, ``sin²`` ramps of ``ramp`` pixels at the inner edges, one elsewhere: two neighbouring
+        ramps add up to one (sin² + cos²), and the first and last tiles keep full weight at the image border.
+        """
+        near, far = self.margins
+        result = []
+        for i in range(self.out):
+            w = 1.0
+            if k > 0:
+                w *= _ramp(i - near, self.ramp)
+            if k < self.count - 1:
+                w *= _ramp(self.out - 1 - i - far, self.ramp)
+            result.append(w)
+        return result
+
+
+def _ramp(position: int, length: int) -> float:
+    """sin² from 0 to 1 over ``length`` pixels; 0 before, 1 after."""
+    if position < 0:
+        return 0.0
+    if position >= length:
+        return 1.0
+    return math.sin(math.pi * (position + 0.5) / (2 * length)) ** 2
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """The tiles one image is segmented by, and what one pass over a batch of them costs.
+
+    Attributes:
+        spec: the network.
+        image_size: the image's spatial size.
+        mode: ``exact`` or ``blend`` stitching (:func:`stitching`).
+        axes: the tiles along each axis; the tiles are every combination.
+        batch: tiles per pass.
+        plan: the network's plan at the tile size.
+        peak_bytes: the estimated memory of one pass over ``batch`` tiles (weights + activations, float32).
+        budget: the memory budget the tile size and batch were chosen for.
+    """
+
+    spec: UNetSpec
+    image_size: tuple[int, ...]
+    mode: Mode
+    axes: tuple[AxisTiles, ...]
+    batch: int
+    plan: Plan
+    peak_bytes: int
+    budget: int
+
+    @property
+    def count(self) -> int:
+        """Number of tiles."""
+        return math.prod(axis.count for axis in self.axes)
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """Each tile's input size."""
+        return tuple(axis.window for axis in self.axes)
+
+    @property
+    def out(self) -> tuple[int, ...]:
+        """Each tile's output size."""
+        return tuple(axis.out for axis in self.axes)
+
+    def tiles(self) -> Iterator[tuple[int, ...]]:
+        """Every tile's index along each axis, in row-major order."""
+        return product(*(range(axis.count) for axis in self.axes))
+
+    def describe(self) -> str:
+        """One line: tiles, sizes, batch, stitching and memory."""
+        grid = "×".join(str(axis.count) for axis in self.axes)
+        tiles = "1 tile" if self.count == 1 else f"{self.count} tiles ({grid})"
+        how = "exact stitching" if self.mode == "exact" else "blended with a raised-cosine window"
+        return (
+            f"{tiles} of {_fmt(self.window)} → {_fmt(self.out)}, {self.batch} per pass, {how}; "
+            f"about {human_bytes(self.peak_bytes)} per pass (budget {human_bytes(self.budget)})"
+        )
+
+
+def _fmt(size: Sequence[int]) -> str:
+    return "×".join(str(s) for s in size)
+
+
+@dataclass(frozen=True)
+class _AxisRules:
+    """What tiling one axis depends on: the network, its lattice and edge margins, the image size, the overlap."""
+
+    spec: UNetSpec
+    grid: Lattice
+    margins: tuple[int, int]
+    size: int
+    overlap: float
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The reference pass's window, ``[lo, hi)`` in image pixels."""
+        if self.spec.output == "same":
+            return 0, self.size  # the network mirrors what it is given itself
+        grid = self.grid
+        before, after, _, _ = same_output_pads(self.size, grid.first, grid.step, grid.border)
+        return -before, self.size + after
+
+    def out(self, window: int) -> int:
+        """A tile's output size."""
+        return window if self.spec.output == "same" else self.grid.output(window)
+
+    def stride(self, window: int) -> int:
+        """The distance between tile starts: the largest multiple of the step that leaves the tiles' usable
+        outputs touching (exact) or overlapping by at least ``overlap`` of the output (blend); 0 if none."""
+        out = self.out(window)
+        room = out - self.margins[0] - self.margins[1]
+        if stitching(self.spec) == "blend":
+            room -= max(math.ceil(self.overlap * out) - self.margins[0] - self.margins[1], math.ceil(out / 16), 1)
+        return max(room, 0) // self.grid.step * self.grid.step
+
+    def candidates(self) -> list[int]:
+        """Tile input sizes, smallest first, that leave room to stitch; the last covers the whole span.
+
+        ``output: crop`` networks take the lattice's sizes; ``output: same`` networks take any size, and tiles are
+        the image's size less a multiple of the step, so the network mirrors each tile with the reference's phase.
+        """
+        lo, hi = self.span
+        step = self.grid.step
+        if self.spec.output == "same":
+            first = self.size - ((self.size - 2) // step) * step  # the smallest ≥ 2 congruent to the size
+        else:
+            first = self.grid.first
+        return [n for n in range(first, hi - lo, step) if self.stride(n) >= step] + [hi - lo]
+
+    def tiles(self, window: int) -> AxisTiles:
+        """The tiles of input size ``window`` (at most the span; a larger one is the span itself)."""
+        lo, hi = self.span
+        shift = 0 if self.spec.output == "same" else self.grid.border
+        step = self.grid.step
+        if window >= hi - lo:
+            return AxisTiles(self.size, hi - lo, self.out(hi - lo), shift, step, (lo,), self.margins, 0)
+        stride = self.stride(window)
+        starts = [lo]
+        while starts[-1] + window < hi:
+            starts.append(min(starts[-1] + stride, hi - window))
+        out = self.out(window)
+        ramp = out - self.margins[0] - self.margins[1] - stride if stitching(self.spec) == "blend" else 0
+        return AxisTiles(self.size, window, out, shift, step, tuple(starts), self.margins, ramp)
+
+
+def budget_bytes(memory: int | str | None) -> int:
+    """The memory budget of one pass: ``memory`` (bytes or a size like ``"2GiB"``), else :data:`DEFAULT_MEMORY`
+    capped by :func:`unetgen.memory_limit`.
+
+    Raises:
+        ResourceError: when ``memory`` is not a size, or not positive.
+    """
+    if memory is None:
+        limit = memory_limit()
+        return min(DEFAULT_MEMORY, limit) if limit else DEFAULT_MEMORY
+    value = parse_bytes(memory) if isinstance(memory, str) else memory
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ResourceError(f"memory {memory!r}: give a positive size in bytes or like '2GiB'")
+    return value
+
+
+def plan_tiles(
+    spec: UNetSpec,
+    image_size: Sequence[int],
+    *,
+    tile_size: int | Sequence[int] | None = None,
+    memory: int | str | None = None,
+    batch_size: int | None = None,
+    overlap: float = DEFAULT_OVERLAP,
+) -> TileLayout:
+    """Lay out the tiles that segment an image of ``image_size``.
+
+    Without ``tile_size``, the tile is the largest (grown along every axis together) whose pass fits the memory
+    budget by :func:`unetgen.estimate`; along each axis it is then shrunk to the smallest size that needs no more
+    tiles, so that tiles overlap no more than they must. An image that fits one pass is one tile: the reference
+    pass itself.
+
+    Args:
+        spec: the network.
+        image_size: the image's spatial size, one value per axis.
+        tile_size: the tile's input size, one value per axis (or one for all): tiles are the largest sizes the
+            network takes at most this large (``output: same``: this size less a multiple of the lattice step, so
+            every tile has the whole image's pooling phase). Overrides the memory budget for the tile size.
+        memory: the memory budget of one pass, bytes or a size like ``"2GiB"``; default :data:`DEFAULT_MEMORY`,
+            at most :func:`unetgen.memory_limit`.
+        batch_size: tiles per pass; default the most (up to :data:`MAX_BATCH`) that fit the budget.
+        overlap: blend stitching: the least overlap of neighbouring tiles, a fraction of the tile's output
+            (more than 0, at most 0.5). Exact stitching needs none.
+
+    Returns:
+        The layout.
+
+    Raises:
+        SizeError: when the image has the wrong number of axes or an axis of 1 pixel that needs mirroring, or
+            ``tile_size`` is smaller than the smallest tile.
+        ResourceError: when even the smallest tile does not fit the budget.
+        UNetGenError: when ``overlap`` or ``batch_size`` is out of range.
+    """
+    dims = spec.spatial_dims
+    names = _AXIS_NAMES[dims]
+    size = tuple(image_size)
+    if len(size) != dims:
+        raise SizeError(f"image {_fmt(size)}: has {len(size)} spatial axes; the network is {dims}D")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 < overlap <= 0.5:
+        raise UNetGenError(f"overlap {overlap!r}: give a fraction of the tile, more than 0 and at most 0.5")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise UNetGenError(f"batch size {batch_size!r}: give a whole number from 1 up")
+    rules = [_AxisRules(spec, grid, margins, n, overlap)
+             for grid, margins, n in zip(lattices(spec), edge_margins(spec), size)]
+    for name, n, rule in zip(names, size, rules):
+        if not isinstance(n, int) or n < 1:
+            raise SizeError(f"image {_fmt(size)}: {name}: sizes must be positive integers")
+        lo, hi = rule.span
+        if n < 2 and (lo < 0 or hi > n or spec.output == "same"):
+            raise SizeError(f"image {_fmt(size)}: {name}: a size of 1 cannot be mirrored; the smallest size is 2")
+    options = [rule.candidates() for rule in rules]
+    budget = budget_bytes(memory)
+
+    def pass_bytes(window: tuple[int, ...], batch: int = 1) -> int:
+        return estimate(make_plan(spec, window), batch=batch).peak_bytes
+
+    if tile_size is not None:
+        wanted = (tile_size,) * dims if isinstance(tile_size, int) else tuple(tile_size)
+        if len(wanted) != dims or any(isinstance(t, bool) or not isinstance(t, int) for t in wanted):
+            raise SizeError(f"tile size {tile_size!r}: give one whole number per spatial axis ({dims})")
+        window = []
+        for name, t, choices in zip(names, wanted, options):
+            fitting = [n for n in choices if n <= t]
+            if not fitting:
+                raise SizeError(
+                    f"tile size {_fmt(wanted)}: {name}: the smallest tile for this image is {choices[0]}; "
+                    f"give at least {choices[0]}"
+                )
+            window.append(fitting[-1])
+        chosen = tuple(window)
+    else:
+        def at(k: int) -> tuple[int, ...]:
+            return tuple(choices[min(k, len(choices) - 1)] for choices in options)
+
+        if pass_bytes(at(0)) > budget:
+            raise ResourceError(
+                f"image {_fmt(size)}: the smallest tile ({_fmt(at(0))}) needs about {human_bytes(pass_bytes(at(0)))} "
+                f"per pass, more than the memory budget of {human_bytes(budget)}; give a larger budget "
+                "(memory=..., --memory)"
+            )
+        low, high = 0, max(len(choices) for choices in options) - 1
+        while low < high:  # the largest k that fits: memory grows with the tile
+            middle = (low + high + 1) // 2
+            if pass_bytes(at(middle)) <= budget:
+                low = middle
+            else:
+                high = middle - 1
+        largest = at(low)
+        window = []
+        for rule, choices, top in zip(rules, options, largest):
+            count = rule.tiles(top).count
+            window.append(next(w for w in choices if w <= top and rule.tiles(w).count <= count))
+        chosen = tuple(window)
+    axes = tuple(rule.tiles(w) for rule, w in zip(rules, chosen))
+    window = tuple(axis.window for axis in axes)
+    count = math.prod(axis.count for axis in axes)
+    if batch_size is None:
+        batch = 1
+        while batch < min(count, MAX_BATCH) and pass_bytes(window, batch + 1) <= budget:
+            batch += 1
+    else:
+        batch = min(batch_size, count)
+    return TileLayout(
+        spec=spec, image_size=size, mode=stitching(spec), axes=axes, batch=batch,
+        plan=make_plan(spec, window), peak_bytes=pass_bytes(window, batch), budget=budget,
+    )
+
+
+def reflect(position: int, size: int) -> int:
+    """The image pixel mirrored to ``position`` (``numpy.pad(mode="reflect")``: the edge pixel is not repeated).
+
+    Args:
+        position: any integer position along an axis.
+        size: the image's size along the axis (at least 2 unless ``position`` is inside).
+
+    Returns:
+        A pixel index in ``[0, size)``.
+    """
+    if 0 <= position < size:
+        return position
+    period = 2 * (size - 1)
+    position %= period
+    return position if position < size else period - position
