@@ -7,13 +7,15 @@
 
 For each case (a preset at a size) it runs, side by side with the same weights:
 
-* ``build``       — the module ``unetgen.build()`` returns, eager, under ``torch.inference_mode()``;
-* ``optimize``    — ``unetgen.optimize()`` of it (batch norm folded, in-place activations, channels-last);
+* ``build`` — the module ``unetgen.build()`` returns, eager, under ``torch.inference_mode()``;
+* ``optimize`` — ``unetgen.optimize()`` of it (batch norm folded, in-place activations, channels-last);
 * ``optimize(winograd)`` — ``unetgen.optimize(winograd=True)``: the same, contiguous, with NNPACK's Winograd
   convolutions on large maps (2D only);
 * ``onnxruntime`` — the file ``unetgen.export_onnx()`` writes, on onnxruntime's CPU provider;
-* ``hand-written``— the reference implementations in ``reference_unets.py`` (the paper's network; the popular
-  same-padding + BatchNorm network), loaded with the same weights; their outputs must equal ``build``'s.
+* ``hand-written`` — the reference implementations in ``reference_unets.py`` (the paper's network; the popular
+  same-padding + BatchNorm network), loaded with the same weights; their outputs must equal ``build``'s;
+* ``hand-written, ReLU copies`` — the same, with ``nn.ReLU(inplace=False)`` as in unetgen's layers: a control that
+  shows what the in-place activations of the hand-written code are worth (timed only).
 
 Timing: one warm-up pass of each, then rounds in which each path runs once, in an order that rotates every round,
 so that slow drifts of the machine hit every path alike. The machine is shared: before each timed pass the script
@@ -61,7 +63,9 @@ from reference_unets import ModernUNet, PaperUNet, modern_state_dict, paper_stat
 #: The cores' nominal fp32 peak that issue 6 measures against: 2 cores × 2.45 GHz × 32 FLOP per cycle (two 256-bit
 #: FMA pipes). Zen 4 boosts above its base clock, so a quiet machine can exceed it (see the sgemm line).
 NOMINAL_PEAK_GFLOPS = 156.0
-PATHS = ("build", "optimize", "optimize(winograd)", "onnxruntime", "hand-written")
+PATHS = ("build", "optimize", "optimize(winograd)", "onnxruntime", "hand-written", "hand-written, ReLU copies")
+#: Timed, not measured for memory: a control that tells what in-place activations are worth.
+CONTROLS = ("hand-written, ReLU copies",)
 REFERENCES: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[Any], dict[str, torch.Tensor]]]] = {
     "paper": (PaperUNet, paper_state_dict),
     "modern": (ModernUNet, modern_state_dict),
@@ -82,7 +86,7 @@ class Case:
 
     @property
     def paths(self) -> tuple[str, ...]:
-        paths = PATHS if self.preset in REFERENCES else PATHS[:-1]
+        paths = PATHS if self.preset in REFERENCES else tuple(p for p in PATHS if not p.startswith("hand-written"))
         return paths if len(self.size) == 2 else tuple(p for p in paths if p != "optimize(winograd)")
 
 
@@ -198,19 +202,25 @@ def _perturb_batch_norms(model: torch.nn.Module, seed: int) -> None:
 def make_paths(
     case: Case, onnx_file: Path | None, threads: int, only: str | None = None
 ) -> dict[str, Callable[[Any], Any]]:
-    """Callables ``input → output`` for each path of ``case`` (or only the path ``only``), all with the same weights."""
+    """Callables ``input → output`` for each path of ``case`` (or only ``only``), all with the same weights."""
     wanted = [only] if only else list(case.paths)
     spec = unetgen.preset(case.preset)
     model = unetgen.build(spec, case.size, seed=0).eval()
     _perturb_batch_norms(model, seed=1)
     runs: dict[str, Callable[[Any], Any]] = {}
-    if "hand-written" in wanted:
+    for path in ("hand-written", "hand-written, ReLU copies"):
+        if path not in wanted:
+            continue
         make, rename = REFERENCES[case.preset]
         reference = make().eval()
         # the reference's own modules with unetgen's weights, through the key mapping read the other way round
         inverse = dict(zip(rename(reference), reference.state_dict()))
         reference.load_state_dict({inverse[key]: value for key, value in model.state_dict().items()})
-        runs["hand-written"] = reference
+        if path.endswith("copies"):  # as unetgen's layers do: each ReLU writes a new map
+            for module in reference.modules():
+                if isinstance(module, torch.nn.ReLU):
+                    module.inplace = False
+        runs[path] = reference
     if "optimize" in wanted:
         runs["optimize"] = unetgen.optimize(model)
     if "optimize(winograd)" in wanted:
@@ -445,16 +455,27 @@ def targets(results: dict[str, Any]) -> list[str]:
         verdict = "reached" if max(ratios.values()) <= 1.0 else "missed"
         words = "; ".join(f"{label}: {r:.2f}" for label, r in ratios.items())
         out.append(f"`build()` time / hand-written time ≤ 1.0 — **{verdict}**: {words}.")
+        controls = []
+        for label in ratios:
+            built, copies = median(label, "build"), median(label, "hand-written, ReLU copies")
+            if built and copies:
+                controls.append(f"{label}: {built / copies:.2f}")
+        if controls:
+            out.append(
+                "(control) `build()` time / time of the hand-written network with ReLUs that write new maps, as "
+                f"unetgen's do: {'; '.join(controls)}."
+            )
     paper = "paper 572×572"
     for path in ("optimize", "optimize(winograd)"):
         fast = median(paper, path)
         if fast:
             gflops = cases[paper]["flops"] / 1e9 / fast
             verdict = "reached" if gflops >= 0.75 * NOMINAL_PEAK_GFLOPS else "missed"
+            note = " (effective: Winograd does fewer FLOPs)" if "winograd" in path else ""
             out.append(
                 f"`{path}` on the paper network at 572² ≥ 75% of the nominal peak "
                 f"({0.75 * NOMINAL_PEAK_GFLOPS:.0f} GFLOP/s) — **{verdict}**: {gflops:.0f} GFLOP/s = "
-                f"{100 * gflops / NOMINAL_PEAK_GFLOPS:.0f}%{' (effective: Winograd does fewer FLOPs)' if 'wino' in path else ''}."
+                f"{100 * gflops / NOMINAL_PEAK_GFLOPS:.0f}%{note}."
             )
     for path in ("optimize", "optimize(winograd)"):
         speedups = []
@@ -465,7 +486,9 @@ def targets(results: dict[str, Any]) -> list[str]:
         if speedups:
             verdict = "reached" if min(s for _, s in speedups) >= 1.3 else "missed"
             words = "; ".join(f"{label}: {s:.2f}×" for label, s in speedups)
-            out.append(f"`{path}` ≥ 1.3× faster than the hand-written same-padding + BN U-Net — **{verdict}**: {words}.")
+            out.append(
+                f"`{path}` ≥ 1.3× faster than the hand-written same-padding + BN U-Net — **{verdict}**: {words}."
+            )
     memory = results["memory"].get(paper, {})
     if memory:
         estimate = cases[paper]["activation_bytes"]
@@ -473,8 +496,8 @@ def targets(results: dict[str, Any]) -> list[str]:
             ratio = row["measured"] / estimate
             verdict = "reached" if ratio <= 1.2 else "missed"
             out.append(
-                f"peak memory of one paper pass at 572², `{path}`: ≤ 1.2× the plan's estimate ({_mib(estimate)} MiB) — "
-                f"**{verdict}**: {_mib(row['measured'])} MiB = {ratio:.2f}×."
+                f"peak memory of one paper pass at 572², `{path}`: ≤ 1.2× the plan's estimate "
+                f"({_mib(estimate)} MiB) — **{verdict}**: {_mib(row['measured'])} MiB = {ratio:.2f}×."
             )
     return out
 
@@ -516,7 +539,7 @@ def main() -> None:
             }
             if not args.no_memory and (case.quick or not args.quick):
                 results["memory"][case.label] = {}
-                for path in case.paths:
+                for path in (p for p in case.paths if p not in CONTROLS):
                     print(f"  {case.label}: memory of {path}", file=sys.stderr, flush=True)
                     results["memory"][case.label][path] = measure_memory(
                         case, path, onnx_file, args.threads, args.memory_repeats

@@ -151,6 +151,18 @@ def test_export_of_an_optimized_network():
         assert _relative_error(program.module()(x), model(x)) <= TOLERANCE
 
 
+def test_for_export_only_folds_and_drops():
+    model = _trained(_small("nnunet").replace(norm="batch", dropout=0.5, dropout_at="bottleneck")).eval()
+    plain = unetgen.optimize(model, for_export=True)
+    removed = (nn.modules.batchnorm._BatchNorm, nn.Dropout, ToMemoryFormat)
+    assert not any(isinstance(m, removed) for m in plain.modules())
+    assert not any(getattr(m, "inplace", False) for m in plain.modules())
+    instance = unetgen.optimize(_trained(_small("nnunet")), for_export=True)
+    assert sum(isinstance(m, nn.InstanceNorm3d) for m in instance.modules()) == 18  # one ONNX op each
+    with pytest.raises(unetgen.UNetGenError, match="for_export"):
+        unetgen.optimize(model, for_export=True, channels_last=True)
+
+
 def test_only_unetgen_networks():
     with pytest.raises(unetgen.UNetGenError, match="give a network from unetgen.build"):
         unetgen.optimize(nn.Conv2d(1, 1, 3))

@@ -19,6 +19,7 @@
 
 ``optimize(model, winograd=True)`` goes further on 2D networks: large maps are convolved with Winograd's algorithm
 (:class:`WinogradConv2d`), faster still, but less exact and with a larger workspace.
+``optimize(model, for_export=True)`` does only the first two, which help every runtime: what ONNX export needs.
 
 What stays: the class, the state-dict keys of every remaining layer, the input checks, the output shape,
 TorchScript, ``torch.export`` and ONNX export. Group and layer norms depend on the sample and cannot be folded;
@@ -74,11 +75,11 @@ class WinogradConv2d(nn.Conv2d):
 
     Winograd's algorithm computes each 6×6 block of output with several times fewer multiplications than the
     direct convolution, at the price of a larger rounding error and a workspace about twice the size of the input
-    map. It pays on maps of at least ``min_pixels`` pixels with at least ``min_channels`` input channels (measured
-    on a Zen 4 CPU: 1.3–2.3× faster than oneDNN's direct convolution from 64×64 up, even at 32×32, slower at 16×16,
-    where transforming the weights dominates, and 3× slower with 1 or 3 input channels). Smaller maps, other
-    devices and dtypes, tracing, ``torch.compile`` and ``torch.export`` use the ordinary convolution, so exported
-    graphs hold a plain ``Conv``.
+    map. It pays on maps of at least ``min_pixels`` pixels with at least ``min_channels`` input channels
+    (measured on a Zen 4 CPU: 1.3–2.3× faster than oneDNN's direct convolution from 64×64 up, even at 32×32,
+    slower at 16×16, where transforming the weights dominates, and 3× slower with 1 or 3 input channels).
+    Smaller maps, other devices and dtypes, tracing, ``torch.compile`` and ``torch.export`` use the ordinary
+    convolution, so exported graphs hold a plain ``Conv``.
     """
 
     __constants__ = [*nn.Conv2d.__constants__, "min_pixels", "min_channels"]
@@ -106,7 +107,9 @@ class WinogradConv2d(nn.Conv2d):
         )
 
 
-def optimize(model: UNet, *, channels_last: bool | None = None, winograd: bool = False) -> UNet:
+def optimize(
+    model: UNet, *, channels_last: bool | None = None, winograd: bool = False, for_export: bool = False
+) -> UNet:
     """A copy of ``model`` for fast inference, with the same outputs (within float32 rounding).
 
     Folds batch normalisation into the convolutions, removes dropout, computes instance norm as group norm, runs
@@ -122,6 +125,9 @@ def optimize(model: UNet, *, channels_last: bool | None = None, winograd: bool =
             about 1.4× faster on the paper's network, but with about 3× the rounding error (still ~1e-5 of the
             output's scale) and about twice the working memory. Needs NNPACK (in PyTorch's x86 and ARM builds);
             ignored where it is missing.
+        for_export: only the rewrites that help every runtime (batch norm folded, dropout removed), for
+            ``torch.export`` and ONNX: layouts mean nothing in an exported graph, and an instance norm exports as
+            one ONNX ``InstanceNormalization`` where a group norm becomes five operations.
 
     Returns:
         A new :class:`~unetgen.network.UNet` in eval mode, on the same device and with the same dtype, without
@@ -129,7 +135,8 @@ def optimize(model: UNet, *, channels_last: bool | None = None, winograd: bool =
         was done, in words.
 
     Raises:
-        UNetGenError: when ``model`` is not a network built by unetgen, or ``channels_last`` is asked of a 1D one.
+        UNetGenError: when ``model`` is not a network built by unetgen, or the options contradict each other
+            (``channels_last`` for a 1D network, or with ``winograd`` or ``for_export``).
     """
     if not isinstance(model, UNet):
         raise UNetGenError(
@@ -138,9 +145,14 @@ def optimize(model: UNet, *, channels_last: bool | None = None, winograd: bool =
     dims = model.spatial_dims
     if channels_last and dims == 1:
         raise UNetGenError("optimize: channels_last applies to 2D and 3D networks; this one is 1D (leave it out)")
+    if for_export and (channels_last or winograd):
+        raise UNetGenError("optimize: for_export leaves layouts and convolution algorithms to the runtime; "
+                           "leave out channels_last and winograd")
     winograd = winograd and dims == 2 and torch.backends.nnpack.is_available()
     if channels_last and winograd:
         raise UNetGenError("optimize: winograd runs on contiguous maps; leave out channels_last=True")
+    if for_export:
+        channels_last = False
     if channels_last is None:
         channels_last = dims > 1 and model.spec.norm in ("none", "batch") and not winograd
     layout = _CHANNELS_LAST[dims] if channels_last else None
@@ -158,16 +170,17 @@ def optimize(model: UNet, *, channels_last: bool | None = None, winograd: bool =
     dropped = _drop_dropout(fast)
     if dropped:
         done.append(f"removed {dropped} dropout layers")
-    swapped = _instance_to_group_norms(fast)
-    if swapped:
-        done.append(f"{swapped} instance norms computed as group norms")
-    in_place = 0
-    for module in fast.modules():
-        if isinstance(module, _IN_PLACE) and not module.inplace:
-            module.inplace = True
-            in_place += 1
-    if in_place:
-        done.append(f"{in_place} activations in place")
+    if not for_export:
+        swapped = _instance_to_group_norms(fast)
+        if swapped:
+            done.append(f"{swapped} instance norms computed as group norms")
+        in_place = 0
+        for module in fast.modules():
+            if isinstance(module, _IN_PLACE) and not module.inplace:
+                module.inplace = True
+                in_place += 1
+        if in_place:
+            done.append(f"{in_place} activations in place")
     if winograd:
         done.append(f"{_use_winograd(fast)} convolutions by Winograd's algorithm on large maps")
     if layout is not None:
