@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import unetgen
 from unetgen.cli import main
-from unetgen.cost import estimate, parse_bytes, receptive_field
+from unetgen.cost import IN_PLACE_ACTIVATIONS, estimate, parse_bytes, receptive_field
 from unetgen.plan import geometry
 
 VARIANTS = [
@@ -23,6 +23,12 @@ VARIANTS = [
                       norm="batch", final_activation="softmax"), None),
     (unetgen.UNetSpec(spatial_dims=1, depth=3, width=3, pool_sizes=[3, 2], kernel_sizes=[5, 3, 1],
                       activation="prelu", output="same"), (250,)),
+    # every activation kind: in place or not (cost.IN_PLACE_ACTIVATIONS), after a norm, a conv or a residual sum
+    (unetgen.UNetSpec(width=4, depth=3, activation="leaky_relu", norm="layer"), None),
+    (unetgen.UNetSpec(width=4, depth=3, activation="elu", block="residual"), None),
+    (unetgen.UNetSpec(width=4, depth=3, activation="silu", block="residual", norm="group", norm_groups=2), None),
+    (unetgen.UNetSpec(width=4, depth=3, activation="gelu", block="residual", padding="same"), None),
+    (unetgen.UNetSpec(width=4, depth=3, activation="gelu", norm="batch"), None),
 ]
 
 
@@ -70,6 +76,13 @@ def test_activation_memory_estimate_equals_live_tensors(spec, size):
             model(x)
     # exact but for PReLU, which allocates a few bytes of its own per call
     assert estimate(plan, batch=2).activation_bytes == pytest.approx(mode.peak, rel=0.005)
+
+
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu", "elu", "gelu", "silu", "prelu"])
+def test_in_place_activations_are_the_ones_the_estimate_assumes(kind):
+    model = unetgen.build(unetgen.UNetSpec(width=2, depth=2, activation=kind, block="residual"))
+    flags = {getattr(m, "inplace", False) for m in model.modules() if type(m).__module__.endswith("activation")}
+    assert flags == {kind in IN_PLACE_ACTIVATIONS}
 
 
 @pytest.mark.parametrize("spec,size", VARIANTS + [(unetgen.preset("paper"), None), (unetgen.preset("cicek3d"), None)])

@@ -172,7 +172,7 @@ def test_cli_exports_a_checkpoint_static(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "3×1×21×17 → 3×2×21×17" in out and "static shapes" in out
-    assert "untrained" not in out and "batch norm uses its running statistics" in out
+    assert "untrained" not in out and "batch norm, with its running statistics, folded into the convolutions" in out
     model = onnx.load("out.onnx")
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 20)]
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [3, 1, 21, 17]
@@ -192,6 +192,31 @@ def test_cli_exports_a_checkpoint_static(tmp_path, monkeypatch, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["shapes"] == "static" and shown["batch"] == 3 and shown["opset"] == 20
     assert unetgen.spec_from_dict(shown["spec"]) == trained.spec
+
+
+def test_batch_norm_is_folded_into_the_exported_convolutions(tmp_path):
+    """The file holds no BatchNormalization or Dropout node, and still computes what the module computes."""
+    spec = unetgen.UNetSpec(depth=2, width=4, norm="batch", dropout=0.5, dropout_at="bottleneck",
+                            input_size=[44, 44])
+    model = unetgen.build(spec, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # statistics far from a fresh norm's 0 and 1, as after training
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) * 4 + 0.1)
+                module.weight.copy_(torch.randn(module.num_features, generator=generator))
+    model.train()
+    report = unetgen.export_onnx(model, tmp_path / "bn.onnx")
+    assert report.ok and model.training  # the caller's module is left as it was
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    ops = {node.op_type for node in onnx.load(str(report.path)).graph.node}
+    assert "Conv" in ops and not ops & {"BatchNormalization", "Dropout"}
+    x = np.random.default_rng(2).standard_normal((1, 1, 60, 60), dtype=np.float32)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x)).numpy()
+    got = unetgen.onnx_session(report.path).run(x)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE * np.abs(expected).max())
 
 
 def test_failed_check_writes_nothing_and_keeps_the_old_file(tmp_path, monkeypatch, capsys):

@@ -1,8 +1,9 @@
 """Plan → cost: multiply-accumulates, the peak memory of an inference pass, the receptive field. Pure integers.
 
 These are estimates of what the modules in :mod:`unetgen.layers` do in eager PyTorch with gradients off: every
-convolution, norm and activation writes a new tensor, crops are views, the caller keeps the input alive, and each
-skip connection lives until its decoder level has used it. ``benchmarks/`` checks them against measurements.
+convolution and norm writes a new tensor, activations in :data:`IN_PLACE_ACTIVATIONS` overwrite their input (the
+others write a new tensor), crops are views, the caller keeps the input alive, and each skip connection lives until
+its decoder level has used it. ``benchmarks/`` checks them against measurements.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 
 from . import sizes
 from .plan import Plan, geometry
+
+#: ``activation:`` kinds whose modules overwrite their input (:func:`unetgen.layers.activation_factory`).
+IN_PLACE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "silu"})
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,9 @@ def estimate(plan: Plan, batch: int = 1, bytes_per_value: int = 4) -> Cost:
             macs += _prod(out_size) * chan * width * _prod(kernel)
             if owned:
                 memory.free(current)
-            steps = (1 if spec.norm != "none" else 0) + (1 if spec.block == "plain" or index < len(widths) - 1 else 0)
-            for _ in range(steps):  # norm and activation each write a new tensor
+            activated = spec.block == "plain" or index < len(widths) - 1
+            steps = (spec.norm != "none") + (activated and spec.activation not in IN_PLACE_ACTIVATIONS)
+            for _ in range(steps):  # a norm writes a new tensor, and so does an activation that is not in place
                 nxt = tensor(width, out_size)
                 memory.free(out)
                 out = nxt
@@ -111,8 +116,11 @@ def estimate(plan: Plan, batch: int = 1, bytes_per_value: int = 4) -> Cost:
             memory.free(current)
             if shortcut is not None:
                 memory.free(shortcut)
-            current = tensor(widths[-1], current_size)  # the activation after the sum
-            memory.free(added)
+            if spec.activation in IN_PLACE_ACTIVATIONS:  # the activation after the sum
+                current = added
+            else:
+                current = tensor(widths[-1], current_size)
+                memory.free(added)
         return current, current_size
 
     x = tensor(spec.in_channels, plan.input_size)

@@ -9,7 +9,8 @@
 * instance normalisation is computed as group normalisation with one channel per group, the same function
   (Wu & He 2018, sec. 3.1) and a faster kernel;
 * activations that can run in place do (ReLU, leaky ReLU, ELU, SiLU): each overwrites its input, a map nothing
-  else reads, instead of writing a second map of the same size;
+  else reads, instead of writing a second map of the same size. :func:`unetgen.build` makes them so already; this
+  step is for networks whose activations were switched back by hand;
 * 2D and 3D networks without a per-sample norm keep their feature maps channels-last (NHWC, NDHWC), the layout
   oneDNN's convolutions run in natively, so no convolution reorders its input or output. The first level converts
   the input and the last step converts the output back: callers see ordinary contiguous tensors. Networks with
@@ -19,7 +20,8 @@
 
 ``optimize(model, winograd=True)`` goes further on 2D networks: large maps are convolved with Winograd's algorithm
 (:class:`WinogradConv2d`), faster still, but less exact and with a larger workspace.
-``optimize(model, for_export=True)`` does only the first two, which help every runtime: what ONNX export needs.
+``optimize(model, for_export=True)`` does only the first two, which help every runtime: :func:`unetgen.export_onnx`
+exports that.
 
 What stays: the class, the state-dict keys of every remaining layer, the input checks, the output shape,
 TorchScript, ``torch.export`` and ONNX export. Group and layer norms depend on the sample and cannot be folded;
