@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import unetgen
 from unetgen.cli import main
 
@@ -32,9 +34,11 @@ def test_spec_table_lists_every_field():
     assert documented == set(unetgen.UNetSpec.model_fields)
 
 
-def test_python_example_runs(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("section", ["## From Python", "## Speed"])
+def test_python_example_runs(section, tmp_path, monkeypatch, capsys):
+    """The first Python block of the section runs, and prints what its comments say."""
     monkeypatch.chdir(tmp_path)
-    start = README.index("```python\n") + len("```python\n")
+    start = README.index("```python\n", README.index(f"\n{section}\n")) + len("```python\n")
     code = README[start : README.index("```", start)]
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()

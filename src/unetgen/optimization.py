@@ -168,21 +168,21 @@ def optimize(
     done = []
     folded = _fold_batch_norms(fast)
     if folded:
-        done.append(f"folded {folded} batch norms into their convolutions")
+        done.append(f"folded {folded} batch norm{_s(folded)} into their convolutions")
     dropped = _drop_dropout(fast)
     if dropped:
-        done.append(f"removed {dropped} dropout layers")
+        done.append(f"removed {dropped} dropout layer{_s(dropped)}")
     if not for_export:
         swapped = _instance_to_group_norms(fast)
         if swapped:
-            done.append(f"{swapped} instance norms computed as group norms")
+            done.append(f"{swapped} instance norm{_s(swapped)} computed as group norms")
         in_place = 0
         for module in fast.modules():
             if isinstance(module, _IN_PLACE) and not module.inplace:
                 module.inplace = True
                 in_place += 1
         if in_place:
-            done.append(f"{in_place} activations in place")
+            done.append(f"{in_place} activation{_s(in_place)} in place")
     if winograd:
         done.append(f"{_use_winograd(fast)} convolutions by Winograd's algorithm on large maps")
     if layout is not None:
@@ -193,6 +193,11 @@ def optimize(
         done.append(f"feature maps {layout}")
     fast.optimizations = tuple(done)
     return fast
+
+
+def _s(count: int) -> str:
+    """The plural ending for ``count`` things."""
+    return "" if count == 1 else "s"
 
 
 def _use_winograd(model: nn.Module) -> int:
