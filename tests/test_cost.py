@@ -100,6 +100,10 @@ def test_flops_equal_torch_flop_counter(spec, size):
 @pytest.mark.parametrize("spec", [
     unetgen.UNetSpec(depth=3, width=2),
     unetgen.UNetSpec(depth=3, width=2, upsampling="upsample_conv"),
+    unetgen.UNetSpec(depth=3, width=2, upsampling="upsample_conv", interpolation="linear"),
+    unetgen.UNetSpec(depth=3, width=2, upsampling="upsample_conv", interpolation="linear", pool_sizes=[3, 4]),
+    unetgen.UNetSpec(depth=3, width=2, upsampling="upsample_conv", interpolation="linear", padding="same",
+                     output="same"),
     unetgen.UNetSpec(depth=3, width=2, padding="same", output="same"),
     unetgen.UNetSpec(depth=2, width=2, kernel_sizes=[5, 3], pool_sizes=[3], convs_per_level=3),
 ])

@@ -69,6 +69,7 @@ def test_valid_2d_tiled_equals_one_pass_over_the_mirrored_image():
     [
         {"upsampling": "upsample_conv"},  # its far-side pad spoils step − 1 pixels at each tile's far edge
         {"upsampling": "upsample_conv", "interpolation": "linear"},
+        {"upsampling": "upsample_conv", "interpolation": "linear", "pool_sizes": [3, 2]},  # odd: whole phases
         {"output": "same"},  # the network mirrors each tile itself: tiles leave the border + step − 1 to neighbours
         {"norm": "batch", "block": "residual", "dropout": 0.5, "dropout_at": "bottleneck"},
         {"pool_sizes": [[2, 3], [2, 1]], "kernel_sizes": [[3, 5], 3, [1, 3]]},

@@ -231,7 +231,7 @@ def receptive_field(plan: Plan) -> tuple[Field, ...]:
         if size > EXACT_FIELD_LIMIT:
             result.append(Field(bound, exact=False))
         else:
-            result.append(Field(_field_along(spec, geo, kernels, size)))
+            result.append(Field(max(hi - lo + 1 for lo, hi in input_windows(spec, axis, size))))
     return tuple(result)
 
 
@@ -265,6 +265,9 @@ def _field_bound(spec, geo: sizes.AxisGeometry, kernels: list[int], crops: list[
         lo -= (factor - 1) * jump  # fine pixel o sees coarse pixel o // f
         if spec.upsampling == "upsample_conv":
             hi += (factor - 1) * jump
+            if spec.interpolation == "linear":  # and one coarse pixel more on either side
+                lo -= factor * jump
+                hi += factor * jump
         skip_lo, skip_hi = skips.pop()
         lo, hi = min(lo, skip_lo + crops[level] * jump), max(hi, skip_hi + crops[level] * jump)
         for _ in range(spec.convs_per_level):
@@ -276,44 +279,80 @@ Interval = tuple[int, int]
 
 
 def _conv(maps: list[Interval], kernel: int, padded: bool) -> list[Interval]:
+    """Intervals after a stride-1 convolution (a padded one clips its window at the map's edges)."""
     n = len(maps)
     pad = (kernel - 1) // 2 if padded else 0
     out_len = n if padded else n - kernel + 1
     out = []
     for i in range(out_len):
-        lo_index, hi_index = max(0, i - pad), min(n - 1, i - pad + kernel - 1)
-        out.append((min(m[0] for m in maps[lo_index : hi_index + 1]), max(m[1] for m in maps[lo_index : hi_index + 1])))
+        part = maps[max(0, i - pad) : min(n, i - pad + kernel)]
+        out.append((min(m[0] for m in part), max(m[1] for m in part)))
     return out
 
 
-def _field_along(spec, geo: sizes.AxisGeometry, kernels: list[int], size: int) -> int:  # type: ignore[no-untyped-def]
+def upsampled_sources(index: int, factor: int, length: int, interpolation: str) -> tuple[int, int]:
+    """The first and last pixel of a ``length``-pixel map that pixel ``index`` of its ×``factor`` up-sampling reads.
+
+    ``nearest`` reads pixel ``index // factor``. ``linear`` (PyTorch's, ``align_corners=False``) reads the source
+    coordinate ``s = (index + 0.5) / factor − 0.5``, clamped at 0: pixels ``floor(s)`` and ``floor(s) + 1`` (the
+    latter capped at the last pixel), or ``floor(s)`` alone where ``s`` is whole (its neighbour's weight is 0;
+    float rounding can leave it ~1e-8 for odd factors). In integers: ``s = (2·index + 1 − factor) / (2·factor)``.
+    """
+    if interpolation != "linear":
+        return index // factor, index // factor
+    numerator = 2 * index + 1 - factor
+    if numerator <= 0:
+        return 0, 0
+    first, fraction = divmod(numerator, 2 * factor)
+    return first, min(first + 1, length - 1) if fraction else first
+
+
+def input_windows(spec, axis: int, size: int) -> list[Interval]:  # type: ignore[no-untyped-def]
+    """The interval of input pixels each output pixel depends on, along ``axis``, for an input of ``size`` pixels.
+
+    The core network (no mirroring for ``output: same``): each layer maps every pixel's interval to the union of
+    the intervals it reads — convolutions, max-pooling, up-sampling (:func:`upsampled_sources`), the far-side pad of
+    ``upsample_conv`` (taken as the last pixel repeated: a superset for every padding mode near the far edge), the
+    centre-cropped skip connections. :func:`receptive_field` and :func:`unetgen.tiling.reach` both read it.
+
+    Args:
+        spec: the network.
+        axis: the spatial axis.
+        size: the input size along it (a size of the axis's lattice).
+
+    Returns:
+        ``(first, last)`` input pixel per output pixel.
+    """
+    geo = geometry(spec)[axis]
+    kernels = [spec.kernel(level)[axis] for level in range(spec.depth)]
     padded = spec.padding == "same"
     current: list[Interval] = [(i, i) for i in range(size)]
     skips: list[list[Interval]] = []
     for level in range(spec.depth):
         if level > 0:
             f = geo.pools[level - 1]
-            current = [
-                (min(m[0] for m in current[f * i : f * i + f]), max(m[1] for m in current[f * i : f * i + f]))
-                for i in range(len(current) // f)
-            ]
+            current = [(current[f * i][0], current[f * i + f - 1][1]) for i in range(len(current) // f)]
         for _ in range(spec.convs_per_level):
             current = _conv(current, kernels[level], padded)
         skips.append(current)
     skips.pop()
     for level in reversed(range(spec.depth - 1)):
         f = geo.pools[level]
-        up = [current[i // f] for i in range(len(current) * f)]
-        if spec.upsampling == "upsample_conv":  # an f-wide convolution, padded at the far side
-            up = up + [up[-1]] * (f - 1)
-            up = _conv(up, f, False)
+        if spec.upsampling == "upsample_conv":  # interpolation, then an f-wide convolution padded at the far side
+            up = []
+            for i in range(len(current) * f):
+                first, last = upsampled_sources(i, f, len(current), spec.interpolation)
+                up.append((current[first][0], current[last][1]))
+            up = _conv(up + [up[-1]] * (f - 1), f, False)
+        else:  # a transposed convolution with kernel and stride f: fine pixel i comes from coarse pixel i // f
+            up = [current[i // f] for i in range(len(current) * f)]
         skip = skips.pop()
         margin = (len(skip) - len(up)) // 2
         skip = skip[margin : margin + len(up)]
         current = [(min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(skip, up)]
         for _ in range(spec.convs_per_level):
             current = _conv(current, kernels[level], padded)
-    return max(hi - lo + 1 for lo, hi in current)
+    return current
 
 
 # ---- limits: refuse what cannot fit before allocating it ----------------------------------------------------------

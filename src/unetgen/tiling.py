@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
-from .cost import estimate, human_bytes, memory_limit, parse_bytes, receptive_field
+from .cost import estimate, human_bytes, input_windows, memory_limit, parse_bytes, receptive_field
 from .errors import ResourceError, SizeError, UNetGenError
-from .plan import Plan, geometry, lattices, make_plan
-from .sizes import AxisGeometry, Lattice, same_output_pads
+from .plan import Plan, lattices, make_plan
+from .sizes import Lattice, same_output_pads
 from .spec import UNetSpec
 
 Mode = Literal["exact", "blend"]
@@ -119,14 +119,13 @@ def reach(spec: UNetSpec) -> tuple[tuple[int, int], ...]:
     grids = lattices(spec)
     fields = receptive_field(make_plan(spec, tuple(grid.first for grid in grids)))
     result = []
-    for axis, (geo, grid, field) in enumerate(zip(geometry(spec), grids, (f.size for f in fields))):
+    for axis, (grid, field) in enumerate(zip(grids, (f.size for f in fields))):
         # Outputs ``field + step`` from either edge of the probe see no edge; one period of them is enough.
         size = grid.at_least(2 * grid.border + 2 * field + 3 * grid.step)
         if size > _REACH_PROBE_LIMIT or not all(f.exact for f in fields):
             result.append((field - 1, field - 1))  # a window of ``field`` pixels reaches no further to either side
             continue
-        kernels = [spec.kernel(level)[axis] for level in range(spec.depth)]
-        windows = _windows(spec, geo, kernels, size)
+        windows = input_windows(spec, axis, size)
         before = after = 0
         for index in range(field + grid.step, len(windows) - field - grid.step):
             centre = index + grid.border
@@ -138,46 +137,6 @@ def reach(spec: UNetSpec) -> tuple[tuple[int, int], ...]:
 
 #: Largest probe (pixels along one axis) :func:`reach` follows pixel by pixel; beyond it, the receptive field bounds it.
 _REACH_PROBE_LIMIT = 8192
-
-
-def _windows(spec: UNetSpec, geo: AxisGeometry, kernels: list[int], size: int) -> list[tuple[int, int]]:
-    """The interval of input pixels each output pixel depends on, along one axis, for an input of ``size``."""
-
-    def conv(maps: list[tuple[int, int]], kernel: int, padded: bool) -> list[tuple[int, int]]:
-        pad = (kernel - 1) // 2 if padded else 0
-        count = len(maps) if padded else len(maps) - kernel + 1
-        result = []
-        for i in range(count):
-            part = maps[max(0, i - pad) : min(len(maps), i - pad + kernel)]
-            result.append((min(m[0] for m in part), max(m[1] for m in part)))
-        return result
-
-    padded = spec.padding == "same"
-    current = [(i, i) for i in range(size)]
-    skips = []
-    for level in range(spec.depth):
-        if level > 0:
-            f = geo.pools[level - 1]
-            current = [(current[f * i][0], current[f * i + f - 1][1]) for i in range(len(current) // f)]
-        for _ in range(spec.convs_per_level):
-            current = conv(current, kernels[level], padded)
-        skips.append(current)
-    skips.pop()
-    for level in reversed(range(spec.depth - 1)):
-        f = geo.pools[level]
-        up = [current[i // f] for i in range(len(current) * f)]
-        if spec.upsampling == "upsample_conv":
-            if spec.interpolation == "linear":  # each up-sampled pixel mixes its source with a neighbour
-                last = len(current) - 1
-                up = [(current[max(i // f - 1, 0)][0], current[min(i // f + 1, last)][1]) for i in range(len(up))]
-            up = conv(up + [up[-1]] * (f - 1), f, False)
-        skip = skips.pop()
-        margin = (len(skip) - len(up)) // 2
-        skip = skip[margin : margin + len(up)]
-        current = [(min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(skip, up)]
-        for _ in range(spec.convs_per_level):
-            current = conv(current, kernels[level], padded)
-    return current
 
 
 @dataclass(frozen=True)
