@@ -161,8 +161,6 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
             sizes_ = list(range(start, high + 1, grid.step)[:200])  # slice the range, not a list of billions
         else:
             centre = args.near if args.near is not None else default_input_size(spec)[names.index(name)]
-            if centre < 1:
-                raise UNetGenError(f"--near {centre}: give a size from 1 up")
             above = grid.at_least(centre)
             sizes_ = [n for n in range(above - 3 * grid.step, above + 3 * grid.step + 1, grid.step) if n >= grid.first]
         if not same:
