@@ -375,3 +375,18 @@ def test_cli_errors(files, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("unetgen: error: ") and message in err and "Traceback" not in err
     assert not any(p.name.startswith("m.") for p in Path(".").iterdir())
+
+
+def test_tiles_so_small_they_are_mostly_border_are_warned_about(caplog):
+    spec = unetgen.UNetSpec(width=4, depth=3)
+    model = unetgen.build(spec, seed=0)
+    image = IMAGE[:100, :120]
+    with caplog.at_level("WARNING", logger="unetgen"):
+        predict(model, image, memory="100KiB")
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "each image pixel goes through the network" in record.getMessage()
+    assert "a larger memory budget (--memory, memory=)" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="unetgen"):
+        predict(model, image)  # the default budget: one tile
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

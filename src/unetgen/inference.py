@@ -29,6 +29,10 @@ from .tiling import DEFAULT_OVERLAP, TileLayout, plan_tiles, reflect
 
 log = logging.getLogger(__name__)
 
+#: ``predict`` warns when its tiles hold this many times the image's pixels (the paper network's default tiles of a
+#: 1024² image: 1.9 times; a 100 KiB budget's 44×44 tiles of a small network: 125 times).
+WASTEFUL_TILING = 10.0
+
 Channels = Literal["first", "last"]
 Output = Literal["logits", "labels"]
 
@@ -419,6 +423,13 @@ def predict(
         )
     runner.check((layout.batch if fixed_batch is None else fixed_batch, spec.in_channels, *layout.window))
     log.info("%s: %s", runner.source, layout.describe())
+    passes = layout.count * math.prod(layout.window) / math.prod(size)
+    if passes > WASTEFUL_TILING:
+        fix = "a larger --tile-size / tile_size=" if tile_size is not None else "a larger memory budget (--memory, memory=)"
+        log.warning(
+            "%d tiles of %s: each image pixel goes through the network %.0f times (small tiles are mostly border); "
+            "%s gives larger tiles", layout.count, "×".join(map(str, layout.window)), passes, fix,
+        )
     with runner.running():
         return _run(runner, pixels, layout, output, progress, fixed_batch)
 
