@@ -425,7 +425,9 @@ def predict(
     log.info("%s: %s", runner.source, layout.describe())
     passes = layout.count * math.prod(layout.window) / math.prod(size)
     if passes > WASTEFUL_TILING:
-        fix = "a larger --tile-size / tile_size=" if tile_size is not None else "a larger memory budget (--memory, memory=)"
+        fix = "a larger --tile-size / tile_size=" if tile_size is not None else (
+            "a larger memory budget (--memory, memory=)"
+        )
         log.warning(
             "%d tiles of %s: each image pixel goes through the network %.0f times (small tiles are mostly border); "
             "%s gives larger tiles", layout.count, "×".join(map(str, layout.window)), passes, fix,
