@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import unetgen
+from unetgen import optimization
 from unetgen.cli import main
 from unetgen.images import read_image, write_result
 from unetgen.inference import Progress, Runner, check_image, predict
@@ -390,3 +391,27 @@ def test_tiles_so_small_they_are_mostly_border_are_warned_about(caplog):
     with caplog.at_level("WARNING", logger="unetgen"):
         predict(model, image)  # the default budget: one tile
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_predict_runs_an_optimized_copy_where_the_budget_has_room(monkeypatch):
+    # batch norm with a trained network's statistics: folded in the copy, and the result is still the network's
+    spec = unetgen.UNetSpec(width=4, depth=3, norm="batch", init="paper")
+    model, whole = twins(spec)
+    with torch.no_grad():
+        for net in (model, whole):
+            for module in net.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.copy_(torch.linspace(-0.5, 0.5, module.num_features))
+                    module.running_var.copy_(torch.linspace(0.5, 2.0, module.num_features))
+    copies = []
+    real = optimization.optimize
+    monkeypatch.setattr(optimization, "optimize", lambda m, **k: copies.append(real(m, **k)) or copies[-1])
+    model.train()
+    image = IMAGE[:150, :207]
+    close(predict(model, image, tile_size=100), one_pass(whole, image))
+    assert len(copies) == 1 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in copies[0].modules())
+    assert model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    # a budget with no room beside the pass for a second set of weights: the network itself runs
+    tight = plan_tiles(spec, image.shape, tile_size=100, batch_size=1).peak_bytes
+    close(predict(model, image, tile_size=100, batch_size=1, memory=tight), one_pass(whole, image))
+    assert len(copies) == 1 and model.training

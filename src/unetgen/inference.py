@@ -23,6 +23,7 @@ from typing import Any, Literal, TextIO
 
 import numpy as np
 
+from .cost import human_bytes
 from .errors import CheckpointError, ExportError, SizeError, UNetGenError
 from .spec import UNetSpec, load_spec
 from .tiling import DEFAULT_OVERLAP, TileLayout, plan_tiles, reflect
@@ -59,13 +60,23 @@ class Runner:
         """Raise a clear error, before any work, if the network cannot take a batch of ``shape``."""
 
     @contextmanager
-    def running(self) -> Iterator[Runner]:
-        """Prepare for a run (eval mode) and restore the network afterwards."""
+    def running(self, spare: int = 0) -> Iterator[Runner]:
+        """Prepare for a run (eval mode) and restore the network afterwards.
+
+        Args:
+            spare: bytes of the memory budget a pass leaves unused, which the runner may spend on running faster.
+        """
         yield self
 
 
 class TorchRunner(Runner):
-    """A built network (:func:`unetgen.build`, :func:`unetgen.load`), run in eval mode without gradients."""
+    """A built network (:func:`unetgen.build`, :func:`unetgen.load`), run in eval mode without gradients.
+
+    Where the memory budget has room for a second set of weights beside a pass, tiles go through
+    :func:`unetgen.optimize`'s copy of the network (batch norm folded, channels-last maps where exact enough): the
+    same outputs within float32 rounding, 1.25× faster for the paper network and 1.7× for ``cicek3d`` on a 2-core
+    CPU (``benchmarks/``). Otherwise they go through the network itself.
+    """
 
     def __init__(self, model: Any, source: str = "model") -> None:
         """Args:
@@ -80,15 +91,32 @@ class TorchRunner(Runner):
         self.source = source
         first = next(model.parameters(), None)
         self.device = first.device if first is not None else torch.device("cpu")
+        self.fast: Any = None  # optimize(model), while running() and where the budget has room for it
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the network's parameters: what :func:`unetgen.optimize`'s copy adds to a pass, at most."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     @contextmanager
-    def running(self) -> Iterator[Runner]:
+    def running(self, spare: int = 0) -> Iterator[Runner]:
+        from .optimization import optimize
+
         was_training = self.model.training
         self.model.eval()  # dropout off, batch norm on its running statistics
+        if self.weight_bytes <= spare:
+            self.fast = optimize(self.model)
+            log.info("%s: running unetgen.optimize's copy (%s)", self.source, ", ".join(self.fast.optimizations))
+        else:
+            log.info(
+                "%s: running the network as it is: optimize's copy (%s of weights) does not fit the memory budget "
+                "beside a pass", self.source, human_bytes(self.weight_bytes),
+            )
         try:
             with self.torch.inference_mode():
                 yield self
         finally:
+            self.fast = None
             self.model.train(was_training)
 
     def check(self, shape: tuple[int, ...]) -> None:
@@ -102,7 +130,7 @@ class TorchRunner(Runner):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = self.torch.from_numpy(batch).to(self.device)
-        return self.model(x).float().cpu().numpy()
+        return (self.fast if self.fast is not None else self.model)(x).float().cpu().numpy()
 
 
 class OnnxRunner(Runner):
@@ -432,7 +460,7 @@ def predict(
             "%d tiles of %s: each image pixel goes through the network %.0f times (small tiles are mostly border); "
             "%s gives larger tiles", layout.count, "×".join(map(str, layout.window)), passes, fix,
         )
-    with runner.running():
+    with runner.running(spare=layout.budget - layout.peak_bytes):
         return _run(runner, pixels, layout, output, progress, fixed_batch)
 
 
