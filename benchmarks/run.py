@@ -46,19 +46,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unetgen  # noqa: E402
 from reference_unets import ModernUNet, PaperUNet, modern_state_dict, paper_state_dict  # noqa: E402
+from unetgen.measure import LiveBytes  # noqa: E402
 
 #: The cores' nominal fp32 peak that issue 6 measures against: 2 cores × 2.45 GHz × 32 FLOP per cycle (two 256-bit
 #: FMA pipes). Zen 4 boosts above its base clock, so a quiet machine can exceed it (see the sgemm line).
@@ -286,38 +285,6 @@ def time_case(case: Case, onnx_file: Path | None, rounds: int, threads: int) -> 
 
 
 # --- memory ------------------------------------------------------------------------------------------------------
-
-
-class LiveBytes(TorchDispatchMode):
-    """The peak of the bytes of tensor storages alive at once during the ops it sees."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self.seen: set[int] = set()
-
-    def track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key = storage.data_ptr()
-        if key in self.seen or storage.nbytes() == 0:
-            return
-        self.seen.add(key)
-        self.live += storage.nbytes()
-        self.peak = max(self.peak, self.live)
-
-        def gone(key: int = key, nbytes: int = storage.nbytes()) -> None:
-            self.seen.discard(key)
-            self.live -= nbytes
-
-        weakref.finalize(storage, gone)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor):
-                self.track(tensor)
-        return out
 
 
 def _status(field_name: str) -> int:

@@ -3,16 +3,14 @@ seen by a dispatch mode, and receptive fields read off autograd; then the memory
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import unetgen
 from unetgen.cli import main
 from unetgen.cost import IN_PLACE_ACTIVATIONS, estimate, parse_bytes, receptive_field
+from unetgen.measure import LiveBytes
 from unetgen.plan import geometry
 
 VARIANTS = [
@@ -30,38 +28,6 @@ VARIANTS = [
     (unetgen.UNetSpec(width=4, depth=3, activation="gelu", block="residual", padding="same"), None),
     (unetgen.UNetSpec(width=4, depth=3, activation="gelu", norm="batch"), None),
 ]
-
-
-class LiveBytes(TorchDispatchMode):
-    """Counts the bytes of tensor storages alive at once during the ops it sees."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self.seen: set[int] = set()
-
-    def track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key = storage.data_ptr()
-        if key in self.seen or storage.nbytes() == 0:
-            return
-        self.seen.add(key)
-        self.live += storage.nbytes()
-        self.peak = max(self.peak, self.live)
-
-        def gone(key: int = key, nbytes: int = storage.nbytes()) -> None:
-            self.seen.discard(key)
-            self.live -= nbytes
-
-        weakref.finalize(storage, gone)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor):
-                self.track(tensor)
-        return out
 
 
 @pytest.mark.parametrize("spec,size", VARIANTS)
