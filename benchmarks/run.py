@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unetgen  # noqa: E402
 from reference_unets import ModernUNet, PaperUNet, modern_state_dict, paper_state_dict  # noqa: E402
-from unetgen.measure import LiveBytes  # noqa: E402
+from unetgen.network.measure import LiveBytes  # noqa: E402
 
 #: The cores' nominal fp32 peak that issue 6 measures against: 2 cores × 2.45 GHz × 32 FLOP per cycle (two 256-bit
 #: FMA pipes). Zen 4 boosts above its base clock, so a quiet machine can exceed it (see the sgemm line).

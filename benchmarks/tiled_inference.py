@@ -38,7 +38,7 @@ def _child(args: argparse.Namespace) -> None:
     import torch
 
     import unetgen
-    from unetgen.tiling import plan_tiles
+    from unetgen.inference.tiling import plan_tiles
 
     torch.manual_seed(0)
     model = unetgen.build("paper", seed=0)
@@ -94,7 +94,7 @@ def main() -> None:
     import numpy as np
 
     import unetgen
-    from unetgen.cost import parse_bytes
+    from unetgen.planning.cost import parse_bytes
 
     sizes = args.sizes or ([256, 512] if args.quick else [1024, 2048, 4096])
     memory = args.memory or ("256MiB" if args.quick else "1GiB")

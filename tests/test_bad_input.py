@@ -91,7 +91,7 @@ def test_binary_file(tmp_path, capsys):
 
 
 def test_yes_no_on_off_stay_strings():
-    data = unetgen.yaml_loader.parse_yaml("a: yes\nb: off\nc: on\nd: no\ne: true\nf: false\n")
+    data = unetgen.spec.yaml_loader.parse_yaml("a: yes\nb: off\nc: on\nd: no\ne: true\nf: false\n")
     assert data == {"a": "yes", "b": "off", "c": "on", "d": "no", "e": True, "f": False}
 
 

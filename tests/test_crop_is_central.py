@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import unetgen
-from unetgen.layers import CentreCrop
+from unetgen.network.layers import CentreCrop
 
 
 def test_centre_crop_module_takes_the_middle():

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import unetgen
-from unetgen import png
+from unetgen.drawing import png
 from unetgen.cli import main
-from unetgen.draw import draw, svg_size
+from unetgen.drawing.draw import draw, svg_size
 
 ROOT = Path(__file__).resolve().parents[1]
 SVG_NS = "{http://www.w3.org/2000/svg}"

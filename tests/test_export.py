@@ -26,11 +26,11 @@ import pytest
 import torch
 
 import unetgen
-from unetgen import sizes
+from unetgen.planning import sizes
 from unetgen.cli import main
 from unetgen.errors import ExportError, SizeError
-from unetgen.export import TOLERANCE, ExportReport, _same_output_arithmetic, _same_output_minimum, _SameOutputForExport
-from unetgen.runtime import AxisRule, OnnxInfo
+from unetgen.export.writer import TOLERANCE, ExportReport, _same_output_arithmetic, _same_output_minimum, _SameOutputForExport
+from unetgen.export.reader import AxisRule, OnnxInfo
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -222,7 +222,7 @@ def test_batch_norm_is_folded_into_the_exported_convolutions(tmp_path):
 def test_failed_check_writes_nothing_and_keeps_the_old_file(tmp_path, monkeypatch, capsys):
     target = tmp_path / "tiny.onnx"
     target.write_bytes(b"the old file")
-    monkeypatch.setattr("unetgen.export.TOLERANCE", -1.0)  # every comparison fails
+    monkeypatch.setattr("unetgen.export.writer.TOLERANCE", -1.0)  # every comparison fails
     report = unetgen.export_onnx(TINY, target, raise_on_failure=False)
     assert not report.ok and report.path is None and len(report.errors) == 3
     assert all("exceeds" in error for error in report.errors)
@@ -246,8 +246,8 @@ def _disk_full(*args, **kwargs):
 @pytest.mark.parametrize(
     ("where", "failure", "raised"),
     [
-        ("unetgen.export._check_shapes", _interrupt, KeyboardInterrupt),  # interrupted once the file is staged
-        ("unetgen.export._Stage.write", _disk_full, ExportError),  # the disk fills up while staging
+        ("unetgen.export.writer._check_shapes", _interrupt, KeyboardInterrupt),  # interrupted once the file is staged
+        ("unetgen.export.writer._Stage.write", _disk_full, ExportError),  # the disk fills up while staging
     ],
 )
 def test_interrupted_or_failed_write_leaves_no_file(tmp_path, monkeypatch, where, failure, raised):
@@ -270,7 +270,7 @@ def test_opset_raised_by_the_exporter_is_refused(tmp_path):
 def test_models_over_2gb_use_external_data(tmp_path, monkeypatch):
     """Beyond the protobuf limit the weights go to one file beside the model; re-exporting cleans it up."""
     target = tmp_path / "tiny.onnx"
-    monkeypatch.setattr("unetgen.export.INLINE_LIMIT", 0)
+    monkeypatch.setattr("unetgen.export.writer.INLINE_LIMIT", 0)
     report = unetgen.export_onnx(TINY, target)
     assert report.ok and report.external_data is not None
     assert _files(tmp_path) == sorted(["tiny.onnx", report.external_data.name])

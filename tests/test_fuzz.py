@@ -28,7 +28,7 @@ import yaml
 
 import unetgen
 from unetgen.cli import main
-from unetgen.yaml_loader import parse_yaml
+from unetgen.spec.yaml_loader import parse_yaml
 
 SEED = 20150518  # the U-Net paper's arXiv date; any fixed value will do
 PRESETS = unetgen.preset_names()
@@ -52,7 +52,7 @@ _executed: dict[str, int] = {}
 
 
 def _preset_text(name: str) -> str:
-    return (resources.files("unetgen") / "presets" / f"{name}.yaml").read_text(encoding="utf-8")
+    return (resources.files("unetgen.presets") / f"{name}.yaml").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def _wrong_length(rng: random.Random, value: list[Any]) -> list[Any]:
 # ---------------------------------------------------------------------------------------------------------------
 
 _FIELDS = list(unetgen.UNetSpec.model_fields)
-_CHOICES = [c for cs in unetgen.spec._CHOICES.values() for c in cs]
+_CHOICES = [c for cs in unetgen.spec.fields._CHOICES.values() for c in cs]
 
 
 def _data_mutation(rng: random.Random, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import unetgen
-from unetgen.optimization import ToMemoryFormat, WinogradConv2d
+from unetgen.network.optimization import ToMemoryFormat, WinogradConv2d
 
 U = unetgen.UNetSpec
 #: Default optimisations only reorder float32 sums: differences are a few ulps of the output's scale.

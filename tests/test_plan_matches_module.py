@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import unetgen
-from unetgen.plan import lattices
+from unetgen.planning.plan import lattices
 
 
 def _shapes_by_hook(model: torch.nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, tuple[int, ...]]:

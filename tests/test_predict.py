@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import unetgen
-from unetgen import optimization
+from unetgen.network import optimization
 from unetgen.cli import main
-from unetgen.images import read_image, write_result
-from unetgen.inference import Progress, Runner, check_image, predict
-from unetgen.tiling import plan_tiles, reflect
+from unetgen.inference.images import read_image, write_result
+from unetgen.inference.predict import Progress, Runner, check_image, predict
+from unetgen.inference.tiling import plan_tiles, reflect
 
 
 def twins(spec: unetgen.UNetSpec, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:

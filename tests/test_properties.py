@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import unetgen
 from test_plan_matches_module import _shapes_by_hook
-from unetgen.plan import lattices
+from unetgen.planning.plan import lattices
 
 
 @st.composite

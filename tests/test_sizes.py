@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unetgen
-from unetgen import sizes
-from unetgen.layers import MirrorPad
+from unetgen.planning import sizes
+from unetgen.network.layers import MirrorPad
 
 @st.composite
 def geometries(draw):

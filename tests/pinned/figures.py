@@ -16,7 +16,7 @@ import torch
 
 import unetgen
 from unetgen.summary import render
-from unetgen.tiling import edge_margins, plan_tiles, reach
+from unetgen.inference.tiling import edge_margins, plan_tiles, reach
 
 HERE = Path(__file__).parent
 SMALL = dict(depth=3, width=4, in_channels=2, out_channels=3)

@@ -41,15 +41,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import ExportError
-from .cost import human_bytes
-from .files import atomic_write, check_target
-from .network import UNet, build
-from .optimization import optimize
-from .plan import Plan, make_plan
-from .runtime import DEFAULT_OPSET, INPUT_NAME, AxisRule, format_size, output_name, shape_words, size_rule_lines
-from .spec import UNetSpec, load_spec
+from ..version import __version__
+from ..errors import ExportError
+from ..planning.cost import human_bytes
+from ..files import atomic_write, check_target
+from ..network.unet import UNet, build
+from ..network.optimization import optimize
+from ..planning.plan import Plan, make_plan
+from .reader import DEFAULT_OPSET, INPUT_NAME, AxisRule, format_size, output_name, shape_words, size_rule_lines
+from ..spec.fields import UNetSpec, load_spec
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import sizes
+from ..planning import sizes
 from .plan import Plan, geometry
 
 #: ``activation:`` kinds whose modules overwrite their input (:func:`unetgen.layers.activation_factory`).
@@ -368,7 +368,7 @@ def parse_bytes(text: str) -> int:
     Raises:
         ResourceError: when the text is not a size.
     """
-    from .errors import ResourceError
+    from ..errors import ResourceError
 
     cleaned = text.strip().lower().replace(" ", "")
     number = cleaned.rstrip("kmgtib")
@@ -425,7 +425,7 @@ def check_weights_fit(plan: Plan) -> None:
     Raises:
         ResourceError: with the estimate and how to override the limit.
     """
-    from .errors import ResourceError
+    from ..errors import ResourceError
 
     limit = memory_limit()
     needed = plan.parameters * 4
@@ -442,7 +442,7 @@ def check_pass_fits(plan: Plan, batch: int, bytes_per_value: int = 4) -> None:
     Raises:
         ResourceError: with the estimate and how to override the limit.
     """
-    from .errors import ResourceError
+    from ..errors import ResourceError
 
     limit = memory_limit()
     if not limit:

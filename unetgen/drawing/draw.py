@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UNetGenError
-from .plan import Plan, make_plan
-from .sizes import level_name
-from .spec import UNetSpec, load_spec
+from ..errors import UNetGenError
+from ..planning.plan import Plan, make_plan
+from ..planning.sizes import level_name
+from ..spec.fields import UNetSpec, load_spec
 
 _FONT = "Helvetica, Arial, 'Liberation Sans', 'DejaVu Sans', sans-serif"
 _CHANNEL_FONT = 12  # channel counts above bars

@@ -8,11 +8,11 @@ from typing import Any, BinaryIO
 
 import torch
 
-from . import __version__
-from .errors import CheckpointError, SpecError
-from .files import atomic_write
-from .network import UNet, build
-from .spec import spec_from_dict
+from ..version import __version__
+from ..errors import CheckpointError, SpecError
+from ..files import atomic_write
+from .unet import UNet, build
+from ..spec.fields import spec_from_dict
 
 FORMAT = "unetgen-checkpoint"
 FORMAT_VERSION = 1

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
-from .cost import estimate, human_bytes, input_windows, memory_limit, parse_bytes, receptive_field
-from .errors import ResourceError, SizeError, UNetGenError
-from .plan import Plan, lattices, make_plan
-from .sizes import Lattice, same_output_pads
-from .spec import UNetSpec
+from ..planning.cost import estimate, human_bytes, input_windows, memory_limit, parse_bytes, receptive_field
+from ..errors import ResourceError, SizeError, UNetGenError
+from ..planning.plan import Plan, lattices, make_plan
+from ..planning.sizes import Lattice, same_output_pads
+from ..spec.fields import UNetSpec
 
 Mode = Literal["exact", "blend"]
 

@@ -23,9 +23,9 @@ from typing import Any, Literal, TextIO
 
 import numpy as np
 
-from .cost import human_bytes
-from .errors import CheckpointError, ExportError, SizeError, UNetGenError
-from .spec import UNetSpec, load_spec
+from ..planning.cost import human_bytes
+from ..errors import CheckpointError, ExportError, SizeError, UNetGenError
+from ..spec.fields import UNetSpec, load_spec
 from .tiling import DEFAULT_OVERLAP, TileLayout, plan_tiles, reflect
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class TorchRunner(Runner):
 
     @contextmanager
     def running(self, spare: int = 0) -> Iterator[Runner]:
-        from .optimization import optimize
+        from ..network.optimization import optimize
 
         was_training = self.model.training
         self.model.eval()  # dropout off, batch norm on its running statistics
@@ -120,8 +120,8 @@ class TorchRunner(Runner):
             self.model.train(was_training)
 
     def check(self, shape: tuple[int, ...]) -> None:
-        from .cost import check_pass_fits
-        from .plan import check_input_size, make_plan
+        from ..planning.cost import check_pass_fits
+        from ..planning.plan import check_input_size, make_plan
 
         if self.device.type == "cpu":  # the memory limit is about this machine's memory
             check_pass_fits(make_plan(self.spec, shape[2:]), batch=shape[0])
@@ -144,7 +144,7 @@ class OnnxRunner(Runner):
         Raises:
             ExportError: when the file cannot be read, or was not exported by unetgen.
         """
-        from .runtime import OnnxSession, onnx_session
+        from ..export.reader import OnnxSession, onnx_session
 
         self.session = source if isinstance(source, OnnxSession) else onnx_session(source)
         info = self.session.info
@@ -178,9 +178,9 @@ def load_model(source: Any, spec: UNetSpec | str | None = None) -> Runner:
         ExportError: when the ONNX file cannot be read.
         SpecError: when ``spec`` is not valid, or differs from the file's.
     """
-    from .network import UNet
+    from ..network.unet import UNet
 
-    from .runtime import OnnxSession
+    from ..export.reader import OnnxSession
 
     if isinstance(source, Runner):
         runner = source
@@ -204,8 +204,8 @@ def load_model(source: Any, spec: UNetSpec | str | None = None) -> Runner:
 def _load_weights(path: Path, spec: UNetSpec | str | None) -> Runner:
     import torch
 
-    from .checkpoint import FORMAT, load
-    from .network import build
+    from ..network.checkpoint import FORMAT, load
+    from ..network.unet import build
 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -244,7 +244,7 @@ def _load_weights(path: Path, spec: UNetSpec | str | None) -> Runner:
 
 
 def _check_same_network(spec: UNetSpec, runner: Runner) -> None:
-    from .errors import SpecError
+    from ..errors import SpecError
 
     ignore = {"name", "description", "input_size"}
     mine = spec.model_dump(exclude=ignore)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .errors import SpecError, did_you_mean
+from ..errors import SpecError, did_you_mean
 from .yaml_loader import parse_yaml, read_yaml_file
 
 #: The paper's input tile (Ronneberger et al. 2015, Fig. 1) and the 3D U-Net's (Çiçek et al. 2016): the default
@@ -295,8 +295,8 @@ class UNetSpec(BaseModel):
 
     def _repr_svg_(self) -> str | None:
         """The network as the U-Net paper's Figure 1, for Jupyter (see :func:`unetgen.draw`)."""
-        from .draw import draw
-        from .errors import UNetGenError
+        from ..drawing.draw import draw
+        from ..errors import UNetGenError
 
         try:
             return draw(self)
@@ -450,7 +450,7 @@ def parse_spec(text: str, source: str = "<text>") -> UNetSpec:
 
 def preset_names() -> list[str]:
     """Names of the presets shipped with unetgen (``paper``, ...)."""
-    folder = resources.files("unetgen") / "presets"
+    folder = resources.files("unetgen.presets")
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
 
 
@@ -469,7 +469,7 @@ def preset(name: str) -> UNetSpec:
     names = preset_names()
     if name not in names:
         raise SpecError(f"no preset named '{name}'; presets: {', '.join(names)}{did_you_mean(name, names)}")
-    resource = resources.files("unetgen") / "presets" / f"{name}.yaml"
+    resource = resources.files("unetgen.presets") / f"{name}.yaml"
     return parse_spec(resource.read_text(encoding="utf-8"), source=f"preset '{name}'")
 
 

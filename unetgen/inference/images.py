@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UNetGenError
-from .files import atomic_write
+from ..errors import UNetGenError
+from ..files import atomic_write
 
 #: File types read and written through Pillow.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")

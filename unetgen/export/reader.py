@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .cost import human_bytes
-from .errors import ExportError, SizeError, UNetGenError
-from .plan import check_input_size
-from .spec import UNetSpec, spec_from_dict
+from ..planning.cost import human_bytes
+from ..errors import ExportError, SizeError, UNetGenError
+from ..planning.plan import check_input_size
+from ..spec.fields import UNetSpec, spec_from_dict
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from . import __version__
+from .version import __version__
 from .errors import SizeError, UNetGenError
 from .files import check_target
-from .plan import Plan, make_plan
-from .spec import UNetSpec, load_spec, preset_names
+from .planning.plan import Plan, make_plan
+from .spec.fields import UNetSpec, load_spec, preset_names
 from .summary import render
 
 log = logging.getLogger("unetgen")
@@ -71,8 +71,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     else:
         print(render(plan, source), end="")
     if args.save:
-        from .checkpoint import save
-        from .network import build
+        from .network.checkpoint import save
+        from .network.unet import build
 
         path = save(build(spec, args.input_size, seed=args.seed), args.save)
         print(f"saved {path} (spec + weights; load with unetgen.load)", file=sys.stderr if args.json else sys.stdout)
@@ -82,7 +82,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_draw(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .draw import draw, svg_size
+    from .drawing.draw import draw, svg_size
     from .files import atomic_write
 
     plan = _plan(load_spec(args.spec or "paper"), args.spec or "paper", args.input_size)
@@ -103,7 +103,7 @@ def _cmd_draw(args: argparse.Namespace) -> int:
     if kind == ".svg":
         images[path] = svg.encode("utf-8")
     for target in targets:  # rendered before anything is written: no renderer, no files
-        from .png import svg_to_png
+        from .drawing.png import svg_to_png
 
         images[target] = svg_to_png(svg, where=str(target))
     for target, data in images.items():
@@ -117,9 +117,9 @@ def _cmd_draw(args: argparse.Namespace) -> int:
 
 
 def _cmd_sizes(args: argparse.Namespace) -> int:
-    from .cost import receptive_field
-    from .plan import default_input_size, lattices
-    from .sizes import Lattice
+    from .planning.cost import receptive_field
+    from .planning.plan import default_input_size, lattices
+    from .planning.sizes import Lattice
 
     spec = load_spec(args.spec or "paper")
     plan = make_plan(spec, args.input_size)
@@ -172,10 +172,10 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export import export_onnx
+    from .export.writer import export_onnx
 
     if args.weights:
-        from .checkpoint import load
+        from .network.checkpoint import load
 
         source: typing.Any = load(args.weights)
         spec, label = source.spec, args.weights
@@ -204,7 +204,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .runtime import read_onnx_info
+    from .export.reader import read_onnx_info
 
     info = read_onnx_info(args.file)
     if args.json:
@@ -217,9 +217,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import time
 
-    from .images import output_kind, read_image, write_result
-    from .inference import check_image, load_model, predict
-    from .tiling import plan_tiles
+    from .inference.images import output_kind, read_image, write_result
+    from .inference.predict import check_image, load_model, predict
+    from .inference.tiling import plan_tiles
 
     runner = load_model(args.weights, args.spec)
     spec = runner.spec
@@ -253,7 +253,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .runtime import DEFAULT_OPSET
+    from .export.reader import DEFAULT_OPSET
 
     parser = _Parser(
         prog="unetgen",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .cost import estimate, human_bytes, receptive_field
-from .plan import Plan
+from .planning.cost import estimate, human_bytes, receptive_field
+from .planning.plan import Plan
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

@@ -13,7 +13,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from . import sizes
+from ..planning import sizes
 from .layers import (
     CONV,
     CONV_TRANSPOSE,
@@ -31,9 +31,9 @@ from .layers import (
     conv_stack,
     norm_factory,
 )
-from .cost import check_pass_fits, check_weights_fit, memory_limit
-from .plan import Plan, check_input_size, make_plan
-from .spec import UNetSpec, load_spec
+from ..planning.cost import check_pass_fits, check_weights_fit, memory_limit
+from ..planning.plan import Plan, check_input_size, make_plan
+from ..spec.fields import UNetSpec, load_spec
 
 
 class EncoderLevel(nn.Module):
@@ -152,7 +152,7 @@ class UNet(nn.Module):
     @torch.jit.unused
     def check(self, x: torch.Tensor) -> None:
         """Raise :class:`~unetgen.errors.SizeError` if the network cannot take ``x`` (same message as the plan)."""
-        from .errors import SizeError
+        from ..errors import SizeError
 
         if x.dim() != self.spatial_dims + 2:
             raise SizeError(

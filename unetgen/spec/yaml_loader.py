@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecError
+from ..errors import SpecError
 
 MAX_SPEC_BYTES = 1 << 20
 MAX_NODES = 10_000

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import sizes
-from .errors import SizeError
-from .spec import DEFAULT_SIZE_HINT, UNetSpec
+from ..planning import sizes
+from ..errors import SizeError
+from ..spec.fields import DEFAULT_SIZE_HINT, UNetSpec
 
 _AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("axis 0", "axis 1", "axis 2")}
 
@@ -114,8 +114,8 @@ class Plan:
 
     def _repr_svg_(self) -> str | None:
         """The network as the U-Net paper's Figure 1, for Jupyter (see :func:`unetgen.draw`)."""
-        from .draw import draw
-        from .errors import UNetGenError
+        from ..drawing.draw import draw
+        from ..errors import UNetGenError
 
         try:
             return draw(self)
@@ -124,7 +124,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (what ``unetgen build --json`` prints)."""
-        from . import __version__
+        from ..version import __version__
         from .cost import estimate, receptive_field
 
         cost = estimate(self)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .draw import svg_size
-from .errors import UNetGenError
+from ..errors import UNetGenError
 
 log = logging.getLogger(__name__)
 

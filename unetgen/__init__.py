@@ -8,21 +8,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
-from .draw import draw
-from .cost import estimate, memory_limit, receptive_field, set_memory_limit
+from .drawing.draw import draw
+from .planning.cost import estimate, memory_limit, receptive_field, set_memory_limit
 from .errors import CheckpointError, ExportError, ResourceError, SizeError, SpecError, UNetGenError
-from .plan import Block, Plan, check_input_size, default_input_size, make_plan
-from .spec import UNetSpec, load_spec, parse_spec, preset, preset_names, spec_from_dict
+from .planning.plan import Block, Plan, check_input_size, default_input_size, make_plan
+from .spec.fields import UNetSpec, load_spec, parse_spec, preset, preset_names, spec_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import load, save
-    from .export import export_onnx
-    from .network import UNet, build
-    from .optimization import optimize
-    from .runtime import onnx_session, read_onnx_info
-    from .inference import predict
+    from .network.checkpoint import load, save
+    from .export.writer import export_onnx
+    from .network.unet import UNet, build
+    from .network.optimization import optimize
+    from .export.reader import onnx_session, read_onnx_info
+    from .inference.predict import predict
 
 __all__ = [
     "__version__",
@@ -60,10 +60,18 @@ __all__ = [
     "predict",
 ]
 
-_LAZY = {"build": "network", "UNet": "network", "save": "checkpoint", "load": "checkpoint", "export_onnx": "export",
-         "onnx_session": "runtime", "read_onnx_info": "runtime"}
-_LAZY["predict"] = "inference"  # overlap-tile inference; the module is not named predict, which would shadow it
-_LAZY["optimize"] = "optimization"  # not optimize.py: importing it would shadow the function
+#: Names that need torch (or onnx), and the module each lives in: imported on first use.
+_LAZY = {
+    "build": "network.unet",
+    "UNet": "network.unet",
+    "save": "network.checkpoint",
+    "load": "network.checkpoint",
+    "optimize": "network.optimization",
+    "export_onnx": "export.writer",
+    "onnx_session": "export.reader",
+    "read_onnx_info": "export.reader",
+    "predict": "inference.predict",
+}
 
 
 def plan(spec: UNetSpec | str, input_size: tuple[int, ...] | list[int] | None = None) -> Plan:
