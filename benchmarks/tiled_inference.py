@@ -94,7 +94,7 @@ def main() -> None:
     import numpy as np
 
     import unetgen
-    from unetgen.planning.cost import parse_bytes
+    from unetgen.planning.limits import parse_bytes
 
     sizes = args.sizes or ([256, 512] if args.quick else [1024, 2048, 4096])
     memory = args.memory or ("256MiB" if args.quick else "1GiB")

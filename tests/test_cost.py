@@ -9,7 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import unetgen
 from unetgen.cli import main
-from unetgen.planning.cost import IN_PLACE_ACTIVATIONS, estimate, parse_bytes, receptive_field
+from unetgen.planning.cost import IN_PLACE_ACTIVATIONS, estimate
+from unetgen.planning.field import receptive_field
+from unetgen.planning.limits import parse_bytes
 from unetgen.network.measure import LiveBytes
 from unetgen.planning.plan import geometry
 
@@ -154,7 +156,7 @@ def test_receptive_field_of_huge_networks_is_a_bound_at_once():
     # following pixels is exact up to a probe of EXACT_FIELD_LIMIT; beyond it the interval rules give a bound
     import time
 
-    from unetgen.planning.cost import _field_bound
+    from unetgen.planning.field import _field_bound
 
     for spec in (unetgen.UNetSpec(depth=12, kernel_size=15), unetgen.UNetSpec(depth=12, pool_sizes=[8] * 11)):
         start = time.perf_counter()

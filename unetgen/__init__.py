@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 from .drawing.draw import draw
-from .planning.cost import estimate, memory_limit, receptive_field, set_memory_limit
+from .planning.cost import estimate
+from .planning.field import receptive_field
+from .planning.limits import memory_limit, set_memory_limit
 from .errors import CheckpointError, ExportError, ResourceError, SizeError, SpecError, UNetGenError
 from .planning.plan import Block, Plan, check_input_size, default_input_size, make_plan
 from .spec.fields import UNetSpec, load_spec, parse_spec, preset, preset_names, spec_from_dict

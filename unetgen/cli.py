@@ -117,7 +117,7 @@ def _cmd_draw(args: argparse.Namespace) -> int:
 
 
 def _cmd_sizes(args: argparse.Namespace) -> int:
-    from .planning.cost import receptive_field
+    from .planning.field import receptive_field
     from .planning.plan import default_input_size, lattices
     from .planning.sizes import Lattice
 

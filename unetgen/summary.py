@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .planning.cost import estimate, human_bytes, receptive_field
+from .planning.cost import estimate
+from .planning.field import receptive_field
+from .text import human_bytes
 from .planning.plan import Plan
 
 

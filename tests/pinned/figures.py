@@ -16,7 +16,8 @@ import torch
 
 import unetgen
 from unetgen.summary import render
-from unetgen.inference.tiling import edge_margins, plan_tiles, reach
+from unetgen.inference.tiling import plan_tiles
+from unetgen.planning.field import edge_margins, reach
 
 HERE = Path(__file__).parent
 SMALL = dict(depth=3, width=4, in_channels=2, out_channels=3)
@@ -94,8 +95,8 @@ def figures(fields: dict) -> dict:
         "parameter_bytes": cost.parameter_bytes,
         "activation_bytes_b2_half": cost2.activation_bytes,
         "receptive_field": [[f.size, f.exact] for f in unetgen.receptive_field(plan)],
-        "reach": [list(r) for r in reach(spec)],
-        "edge_margins": [list(m) for m in edge_margins(spec)],
+        "reach": [list(r) for r in reach(plan)],
+        "edge_margins": [list(m) for m in edge_margins(plan)],
         "tiles": {
             "window": list(layout.window),
             "starts": [list(axis.starts) for axis in layout.axes],

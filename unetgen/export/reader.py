@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..planning.cost import human_bytes
+from ..text import human_bytes
 from ..errors import ExportError, SizeError, UNetGenError
 from ..planning.plan import check_input_size
 from ..spec.fields import UNetSpec, spec_from_dict

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..version import __version__
 from ..errors import ExportError
-from ..planning.cost import human_bytes
+from ..text import human_bytes
 from ..files import atomic_write, check_target
 from ..network.unet import UNet, build
 from ..network.optimization import optimize

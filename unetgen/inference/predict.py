@@ -23,7 +23,7 @@ from typing import Any, Literal, TextIO
 
 import numpy as np
 
-from ..planning.cost import human_bytes
+from ..text import human_bytes
 from ..errors import CheckpointError, ExportError, SizeError, UNetGenError
 from ..spec.fields import UNetSpec, load_spec
 from .tiling import DEFAULT_OVERLAP, TileLayout, plan_tiles, reflect
@@ -120,7 +120,7 @@ class TorchRunner(Runner):
             self.model.train(was_training)
 
     def check(self, shape: tuple[int, ...]) -> None:
-        from ..planning.cost import check_pass_fits
+        from ..planning.limits import check_pass_fits
         from ..planning.plan import check_input_size, make_plan
 
         if self.device.type == "cpu":  # the memory limit is about this machine's memory

@@ -31,13 +31,15 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
-from ..planning.cost import estimate, human_bytes, input_windows, memory_limit, parse_bytes, receptive_field
+from ..planning.cost import estimate
+from ..planning.field import Mode, edge_margins, stitching
+from ..planning.limits import memory_limit, parse_bytes
+from ..text import human_bytes
 from ..errors import ResourceError, SizeError, UNetGenError
 from ..planning.plan import Plan, lattices, make_plan
 from ..planning.sizes import Lattice, same_output_pads
 from ..spec.fields import UNetSpec
 
-Mode = Literal["exact", "blend"]
 
 #: Default memory budget of one pass (weights + activations), capped by :func:`unetgen.memory_limit`.
 DEFAULT_MEMORY = 1 << 30
@@ -47,96 +49,6 @@ DEFAULT_OVERLAP = 0.25
 MAX_BATCH = 16
 
 _AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("axis 0", "axis 1", "axis 2")}
-
-
-def stitching(spec: UNetSpec) -> Mode:
-    """How tiles of ``spec`` are stitched: ``exact`` or ``blend`` (see the module docstring).
-
-    Args:
-        spec: the network.
-
-    Returns:
-        ``exact`` for valid convolutions with no norm or batch norm (eval mode: a per-channel affine map), else
-        ``blend``.
-    """
-    return "exact" if spec.padding == "valid" and _local_norm(spec) else "blend"
-
-
-def _local_norm(spec: UNetSpec) -> bool:
-    """Whether the norm acts on each pixel alone (none, or batch norm in eval mode: a per-channel affine map)."""
-    return spec.norm in ("none", "batch")
-
-
-def edge_margins(spec: UNetSpec) -> tuple[tuple[int, int], ...]:
-    """Output pixels at a tile's near and far edge that may differ from the whole-image pass, per axis.
-
-    * Padded convolutions (``padding: same``) see zeros past a tile's edge where the whole image has pixels: an
-      output pixel is the whole-image pass's only when its input window (:func:`reach`) lies inside the tile.
-    * ``output: same`` networks mirror every tile they are given, so the same holds for them.
-    * ``upsample_conv`` pads its 2×2 convolution by one pixel at the far side (and linear interpolation clamps at
-      both ends), so each decoder level spoils the pixels that the level below spoilt, times the factor, plus the
-      factor − 1 of its own pad: ``step − 1`` at the far side with nearest interpolation; with linear
-      interpolation ``step − 1`` at the near side and ``2·step − 2`` at the far side. ``transpose`` spoils none.
-
-    With instance, group or layer norm no tile output equals the whole-image pass anywhere, and there are none.
-
-    Args:
-        spec: the network.
-
-    Returns:
-        ``(near, far)`` pixels of each tile's output to leave to the neighbouring tiles, per axis.
-    """
-    if not _local_norm(spec):  # each tile is normalised by its own statistics: no tile is exact anywhere
-        return ((0, 0),) * spec.spatial_dims
-    margins = []
-    windows = reach(spec) if spec.padding == "same" or spec.output == "same" else None
-    for axis, grid in enumerate(lattices(spec)):
-        near = far = 0
-        if spec.upsampling == "upsample_conv":
-            if spec.interpolation == "nearest":
-                far = grid.step - 1
-            else:
-                near, far = grid.step - 1, 2 * grid.step - 2
-        if windows is not None:
-            near, far = near + windows[axis][0], far + windows[axis][1]
-        margins.append((near, far))
-    return tuple(margins)
-
-
-def reach(spec: UNetSpec) -> tuple[tuple[int, int], ...]:
-    """How far an output pixel's input window reaches before and after the input pixel it lies over, per axis.
-
-    The worst case over the pooling phases, for pixels far from the map's edges (the core network, no mirroring).
-    Worked out like :func:`unetgen.receptive_field`, by following each pixel's interval of input pixels through
-    every layer; for networks too large for that, the receptive field less one bounds it on each side.
-
-    Args:
-        spec: the network.
-
-    Returns:
-        ``(before, after)`` input pixels per axis.
-    """
-    grids = lattices(spec)
-    fields = receptive_field(make_plan(spec, tuple(grid.first for grid in grids)))
-    result = []
-    for axis, (grid, field) in enumerate(zip(grids, (f.size for f in fields))):
-        # Outputs ``field + step`` from either edge of the probe see no edge; one period of them is enough.
-        size = grid.at_least(2 * grid.border + 2 * field + 3 * grid.step)
-        if size > _REACH_PROBE_LIMIT or not all(f.exact for f in fields):
-            result.append((field - 1, field - 1))  # a window of ``field`` pixels reaches no further to either side
-            continue
-        windows = input_windows(spec, axis, size)
-        before = after = 0
-        for index in range(field + grid.step, len(windows) - field - grid.step):
-            centre = index + grid.border
-            lo, hi = windows[index]
-            before, after = max(before, centre - lo), max(after, hi - centre)
-        result.append((before, after))
-    return tuple(result)
-
-
-#: Largest probe (pixels along one axis) :func:`reach` follows pixel by pixel; beyond it, the receptive field bounds it.
-_REACH_PROBE_LIMIT = 8192
 
 
 @dataclass(frozen=True)
@@ -310,7 +222,7 @@ class _AxisRules:
         outputs touching (exact) or overlapping by at least ``overlap`` of the output (blend); 0 if none."""
         out = self.out(window)
         room = out - self.margins[0] - self.margins[1]
-        if stitching(self.spec) == "blend":
+        if stitching(make_plan(self.spec, tuple(g.first for g in lattices(self.spec)))) == "blend":
             room -= max(math.ceil(self.overlap * out) - self.margins[0] - self.margins[1], math.ceil(out / 16), 1)
         return max(room, 0) // self.grid.step * self.grid.step
 
@@ -340,7 +252,7 @@ class _AxisRules:
         while starts[-1] + window < hi:
             starts.append(min(starts[-1] + stride, hi - window))
         out = self.out(window)
-        ramp = out - self.margins[0] - self.margins[1] - stride if stitching(self.spec) == "blend" else 0
+        ramp = out - self.margins[0] - self.margins[1] - stride if stitching(make_plan(self.spec, tuple(g.first for g in lattices(self.spec)))) == "blend" else 0
         return AxisTiles(self.size, window, out, shift, step, tuple(starts), self.margins, ramp)
 
 
@@ -407,7 +319,7 @@ def plan_tiles(
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise UNetGenError(f"batch size {batch_size!r}: give a whole number from 1 up")
     rules = [_AxisRules(spec, grid, margins, n, overlap)
-             for grid, margins, n in zip(lattices(spec), edge_margins(spec), size)]
+             for grid, margins, n in zip(lattices(spec), edge_margins(make_plan(spec, tuple(g.first for g in lattices(spec)))), size)]
     for name, n, rule in zip(names, size, rules):
         if not isinstance(n, int) or n < 1:
             raise SizeError(f"image {_fmt(size)}: {name}: sizes must be positive integers")
@@ -467,7 +379,7 @@ def plan_tiles(
     else:
         batch = min(batch_size, count)
     return TileLayout(
-        spec=spec, image_size=size, mode=stitching(spec), axes=axes, batch=batch,
+        spec=spec, image_size=size, mode=stitching(make_plan(spec, window)), axes=axes, batch=batch,
         plan=make_plan(spec, window), peak_bytes=pass_bytes(window, batch), budget=budget,
     )
 

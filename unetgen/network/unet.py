@@ -31,7 +31,7 @@ from .layers import (
     conv_stack,
     norm_factory,
 )
-from ..planning.cost import check_pass_fits, check_weights_fit, memory_limit
+from ..planning.limits import check_pass_fits, check_weights_fit, memory_limit
 from ..planning.plan import Plan, check_input_size, make_plan
 from ..spec.fields import UNetSpec, load_spec
 
@@ -186,6 +186,15 @@ class UNet(nn.Module):
         if self.same_output:
             rounds, margins = self._same_output(x)
             x = self.pad_input(x, rounds)
+        x = self.forward_core(x)
+        if self.same_output:
+            x = self.crop_output(x, margins)
+        return self.final(x)
+
+    def forward_core(self, x: torch.Tensor) -> torch.Tensor:
+        """The network without the mirroring and the output crop of ``output: same``: a valid network that takes the
+        sizes of ``plan.lattices`` and returns its output less ``plan.border`` per side (the final activation
+        included). For every network this is what ``forward`` runs on the mirrored input."""
         skips: List[torch.Tensor] = []
         for level in self.encoder:
             x = level(x)
@@ -199,10 +208,11 @@ class UNet(nn.Module):
             x = torch.cat([level.crop(skip), up], dim=1)
             del skip, up
             x = level.convs(x)
-        x = self.head(x)
-        if self.same_output:
-            x = self.crop_output(x, margins)
-        return self.final(x)
+        return self.head(x)
+
+    def core(self) -> nn.Module:
+        """The core network as a module of its own (see :meth:`forward_core`); it shares this network's weights."""
+        return Core(self)
 
     def _same_output(self, x: torch.Tensor) -> Tuple[List[List[int]], List[Tuple[int, int]]]:
         """Mirror rounds (in ``F.pad`` order) and output crop for ``output: same``, from the plan's arithmetic."""
@@ -229,6 +239,21 @@ class UNet(nn.Module):
                     flat += [0, 0]
             flat_rounds.append(flat)
         return flat_rounds, margins
+
+
+class Core(nn.Module):
+    """A U-Net without the mirroring and output crop of ``output: same`` (:meth:`UNet.core`), final activation
+    included: what overlap-tile prediction runs on tiles it mirrors itself."""
+
+    def __init__(self, unet: UNet) -> None:
+        """Args:
+        unet: the network whose layers (and weights) the core uses.
+        """
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet.final(self.unet.forward_core(x))
 
 
 def _is_exporting() -> bool:

@@ -97,6 +97,16 @@ class Plan:
         return (self.spec.out_channels, *self.output_size)
 
     @property
+    def same_output(self) -> bool:
+        """Whether the network mirrors its input and crops its output to the input's size (``output: same``)."""
+        return self.spec.output == "same"
+
+    @property
+    def final_activation(self) -> str:
+        """What the last block applies to the logits: ``none``, ``sigmoid`` or ``softmax``."""
+        return self.spec.final_activation
+
+    @property
     def border(self) -> tuple[int, ...]:
         """Pixels the core network consumes on each side, per axis (92 for the paper network)."""
         return tuple(grid.border for grid in self.lattices)
@@ -125,7 +135,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (what ``unetgen build --json`` prints)."""
         from ..version import __version__
-        from .cost import estimate, receptive_field
+        from .cost import estimate
+        from .field import receptive_field
 
         cost = estimate(self)
         return {
