@@ -1,20 +1,110 @@
-"""Spec + input size → plan: every block's shape, every crop and pad, the parameter count. Pure integers, no torch.
+"""Spec + input size → plan: every layer of the network as data, with its shape. Pure integers, no torch.
+
+The plan is the network's only description: the only reader of the spec's shaping fields. Each block (a row of the
+summary: ``encoder.0``, ``decoder.3.up``, ``head``) carries its layers (:class:`Layer`: kind, channels, kernel,
+stride, pads, crop, output shape, parameters, and which tensors it reads). The builder (:mod:`unetgen.network`),
+the costs, the receptive field, tiling, drawing and export read the layers, never the spec's layer fields.
 
 The plan is worked out before any tensor exists, so describing a network that would not fit in memory is instant,
 and a size the network cannot take is refused here with the level and the reason, never deep inside ``torch.cat``.
-:mod:`unetgen.network` builds modules whose names are the plan's block names and whose crops come from the plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..planning import sizes
+from . import sizes
 from ..errors import SizeError
 from ..spec.fields import DEFAULT_SIZE_HINT, UNetSpec
+from ..text import AXIS_NAMES, size_text
 
-_AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("axis 0", "axis 1", "axis 2")}
+_fmt = size_text
+
+#: What each layer kind is. The builder has one torch class per kind that has a module (``layers.py``); the costs
+#: have one rule per kind.
+LAYER_KINDS = {
+    "input": "the network's input (the caller keeps it)",
+    "mirror": "reflect-pad the input (``output: same``), in rounds",
+    "conv": "convolution (``kernel``, ``stride``, ``pads`` per axis, ``mode`` = padding mode, ``bias``)",
+    "conv_transpose": "transposed convolution (``kernel``, ``stride``, ``bias``)",
+    "max_pool": "max-pooling (``kernel`` = ``stride``)",
+    "upsample": "interpolation by ``stride`` (``mode``: a torch interpolation mode)",
+    "pad": "pad ``pads`` per axis (``mode``: a torch pad mode)",
+    "norm": "normalisation (``mode``: batch, instance, group or layer; ``groups``)",
+    "act": "activation (``mode``: relu, leaky_relu, elu, gelu, silu, prelu; ``value`` = negative slope)",
+    "dropout": "dropout (``value`` = rate); the identity in eval mode",
+    "crop": "crop ``crop`` (before, after) per axis: a view",
+    "concat": "concatenate the inputs along the channels",
+    "add": "add the inputs",
+    "output_crop": "crop the core's output back to the input's size (``output: same``): a view",
+    "final": "sigmoid or softmax over the channels (``mode``)",
+}
+
+#: Activations whose modules overwrite their input (autograd supports each in place; ``negative_slope`` is never
+#: negative). GELU and PReLU have no in-place form.
+IN_PLACE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "silu"})
+#: ``padding_mode`` names → the pad modes of ``torch.nn.functional.pad`` (the pad layer's ``mode``).
+PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the network, as data.
+
+    Attributes:
+        name: its module's path in the built network (``encoder.0.convs.conv0``; a state-dict key is this plus
+            ``.weight``), or the path it would have for kinds with no module (``decoder.0.concat``).
+        kind: one of :data:`LAYER_KINDS`.
+        inputs: the names of the layers whose outputs it reads, in order (``input`` for the network's input).
+        shape: its output, ``(channels, *spatial)``.
+        cin: channels in (of the first input; a concatenation's is its output's).
+        params: its trainable parameters.
+        kernel: kernel size per axis (convolutions, pooling).
+        stride: stride per axis (convolutions, pooling), or the up-sampling factor.
+        pads: ``(before, after)`` per axis: a convolution's zero-or-mode padding, a pad layer's amounts, a mirror's.
+        crop: ``(before, after)`` per axis that a crop drops.
+        mode: the padding mode (convolutions, pads), the norm or activation kind, the interpolation, the final kind.
+        bias: whether a convolution has a bias.
+        value: an activation's negative slope, a dropout's rate.
+        groups: a group norm's groups.
+        holds: outputs kept alive until this layer has run, beyond its inputs (what PyTorch keeps while a module
+            runs: its call's arguments, a variable the forward still names).
+    """
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...]
+    cin: int = 0
+    params: int = 0
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    pads: tuple[tuple[int, int], ...] = ()
+    crop: tuple[tuple[int, int], ...] = ()
+    mode: str = ""
+    bias: bool = False
+    value: float = 0.0
+    groups: int = 0
+    holds: tuple[str, ...] = ()
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the layer's output is its input (a view, an in-place activation, dropout in eval mode)."""
+        if self.kind in ("crop", "output_crop", "dropout", "input"):
+            return True
+        if self.kind == "act":
+            return self.mode in IN_PLACE_ACTIVATIONS
+        if self.kind == "mirror":
+            return not any(a or b for a, b in self.pads)
+        return False
+
+    @property
+    def pads_anything(self) -> bool:
+        """Whether the layer makes up pixels past its input's edge (a padded convolution, a pad layer)."""
+        return self.kind in ("conv", "pad") and any(a or b for a, b in self.pads)
 
 
 @dataclass(frozen=True)
@@ -26,12 +116,14 @@ class Block:
         operation: what it does, in words.
         shape: its output, ``(channels, *spatial)``.
         params: its trainable parameters.
+        layers: what it does, layer by layer.
     """
 
     name: str
     operation: str
     shape: tuple[int, ...]
     params: int
+    layers: tuple[Layer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,6 +177,24 @@ class Plan:
     conv_layers: int
     norm_parameters: int = 0
     axis_names: tuple[str, ...] = field(default=())
+    core: bool = True
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """Every layer, in the order the network runs them."""
+        return tuple(layer for block in self.blocks for layer in block.layers)
+
+    def layer(self, name: str) -> Layer:
+        """The layer called ``name``.
+
+        Raises:
+            KeyError: when there is no such layer.
+        """
+        for block in self.blocks:
+            for layer in block.layers:
+                if layer.name == name:
+                    return layer
+        raise KeyError(name)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -98,8 +208,11 @@ class Plan:
 
     @property
     def same_output(self) -> bool:
-        """Whether the network mirrors its input and crops its output to the input's size (``output: same``)."""
-        return self.spec.output == "same"
+        """Whether the network mirrors its input and crops its output to the input's size (``output: same``).
+
+        False for the core plan of such a network (``make_plan(..., core=True)``).
+        """
+        return not self.core
 
     @property
     def final_activation(self) -> str:
@@ -227,10 +340,6 @@ def default_input_size(spec: UNetSpec) -> tuple[int, ...]:
     return tuple(grid.at_least(hint) for grid in lattices(spec))
 
 
-def _fmt(size: tuple[int, ...] | list[int]) -> str:
-    return "×".join(str(s) for s in size)
-
-
 def check_input_size(spec: UNetSpec, input_size: tuple[int, ...] | list[int]) -> None:
     """Raise a clear error if the network cannot take ``input_size``.
 
@@ -245,21 +354,22 @@ def check_input_size(spec: UNetSpec, input_size: tuple[int, ...] | list[int]) ->
 
 
 def _resolve_sizes(
-    spec: UNetSpec, input_size: tuple[int, ...], label: str = "input"
+    spec: UNetSpec, input_size: tuple[int, ...], label: str = "input", same: bool | None = None
 ) -> tuple[tuple[sizes.Lattice, ...], tuple[sizes.SameOutputIO | None, ...], tuple[sizes.AxisTrace, ...]]:
     dims = spec.spatial_dims
-    names = _AXIS_NAMES[dims]
+    names = AXIS_NAMES[dims]
     shown = f"{label} {_fmt(input_size)}"
     if len(input_size) != dims:
         raise SizeError(f"{shown}: gives {len(input_size)} sizes for a {dims}D network; give {dims}")
     grids = lattices(spec)
+    same = spec.output == "same" if same is None else same
     ios: list[sizes.SameOutputIO | None] = []
     traces: list[sizes.AxisTrace] = []
     for name, size, grid, axis in zip(names, input_size, grids, geometry(spec)):
         where = f"{shown}: {name}" if dims > 1 else shown
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise SizeError(f"{where}: sizes must be positive integers, got {size!r}")
-        if spec.output == "same":
+        if same:
             io = sizes.same_output_io(size, grid)
             if size < 2 and io.pad != (0, 0):
                 raise SizeError(f"{where}: a size of 1 cannot be mirrored; the smallest size is 2")
@@ -277,41 +387,6 @@ def _resolve_sizes(
                 f"(valid sizes: {grid.describe()}; or set output: same)"
             ) from None
     return grids, tuple(ios), tuple(traces)
-
-
-class _ParamCounter:
-    """Trainable parameters of each kind of block, as the modules in :mod:`unetgen.layers` have them."""
-
-    def __init__(self, spec: UNetSpec) -> None:
-        self.spec = spec
-        self.norm_total = 0
-        self.projections = 0
-
-    def block(self, cin: int, widths: tuple[int, ...], kernel: tuple[int, ...]) -> int:
-        spec = self.spec
-        bias = int(spec.uses_conv_bias)
-        taps = 1
-        for k in kernel:
-            taps *= k
-        total, channels = 0, cin
-        for width in widths:
-            total += channels * width * taps + bias * width
-            if spec.norm != "none":
-                total += 2 * width
-                self.norm_total += 2 * width
-            if spec.activation == "prelu":
-                total += 1
-            channels = width
-        if spec.block == "residual" and cin != widths[-1]:
-            total += cin * widths[-1] + bias * widths[-1]
-            self.projections += 1
-        return total
-
-    def up(self, cin: int, cout: int, factor: tuple[int, ...]) -> int:
-        taps = 1
-        for f in factor:
-            taps *= f
-        return cin * cout * taps + int(self.spec.up_bias) * cout
 
 
 def _block_words(spec: UNetSpec, level: int, widths: tuple[int, ...]) -> str:
@@ -333,12 +408,115 @@ def _block_words(spec: UNetSpec, level: int, widths: tuple[int, ...]) -> str:
     return words
 
 
-def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = None) -> Plan:
-    """Work out every shape of ``spec`` at ``input_size``, without building anything.
+class _Layers:
+    """Writes down a block's layers in order, each output's shape worked out from the layer's own numbers."""
+
+    def __init__(self, spec: UNetSpec, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.spec = spec
+        self.shapes = shapes  # every layer's output shape so far, by name
+        self.layers: list[Layer] = []
+
+    def add(self, name: str, kind: str, inputs: tuple[str, ...], **fields: Any) -> str:
+        """Append a layer reading ``inputs``; returns its name (what the next layer reads)."""
+        first = self.shapes[inputs[0]]
+        cin = fields.pop("cin", first[0])
+        spatial = list(first[1:])
+        cout = fields.pop("cout", cin)
+        kernel, stride = fields.get("kernel", ()), fields.get("stride", ())
+        pads, crop = fields.get("pads", ()), fields.get("crop", ())
+        if kind in ("conv", "max_pool"):
+            pads_ = pads or ((0, 0),) * len(spatial)
+            spatial = [(n + a + b - k) // s + 1 for n, (a, b), k, s in zip(spatial, pads_, kernel, stride)]
+        elif kind in ("conv_transpose", "upsample"):
+            spatial = [n * s for n, s in zip(spatial, stride)]
+        elif kind in ("pad", "mirror"):
+            spatial = [n + a + b for n, (a, b) in zip(spatial, pads)]
+        elif kind in ("crop", "output_crop"):
+            spatial = [n - a - b for n, (a, b) in zip(spatial, crop)]
+        elif kind == "concat":
+            cout = sum(self.shapes[name_][0] for name_ in inputs)
+            cin = cout
+        shape = (cout, *spatial)
+        self.shapes[name] = shape
+        self.layers.append(Layer(name, kind, inputs, shape, cin=cin, **fields))
+        return name
+
+    def convs(self, prefix: str, source: str, widths: tuple[int, ...], kernel: tuple[int, ...],
+              last_activation: bool = True) -> str:
+        """``conv{i} → norm{i} → act{i}`` for each width (no activation after the last one when told)."""
+        spec = self.spec
+        dims = len(kernel)
+        pads = tuple(((k - 1) // 2,) * 2 for k in kernel) if spec.padding == "same" else ((0, 0),) * dims
+        current = source
+        for index, width in enumerate(widths):
+            cin = self.shapes[current][0]
+            taps = math.prod(kernel)
+            bias = spec.uses_conv_bias
+            current = self.add(
+                f"{prefix}conv{index}", "conv", (current,), cout=width, kernel=kernel, stride=(1,) * dims, pads=pads,
+                mode=spec.padding_mode, bias=bias, params=cin * width * taps + int(bias) * width,
+            )
+            if spec.norm != "none":
+                current = self.add(f"{prefix}norm{index}", "norm", (current,), mode=spec.norm, params=2 * width,
+                                   groups={"group": spec.norm_groups, "layer": 1}.get(spec.norm, 0))
+            if last_activation or index < len(widths) - 1:
+                current = self.activation(f"{prefix}act{index}", current)
+        return current
+
+    def activation(self, name: str, source: str) -> str:
+        spec = self.spec
+        return self.add(name, "act", (source,), mode=spec.activation, value=spec.negative_slope,
+                        params=int(spec.activation == "prelu"))
+
+    def block(self, prefix: str, source: str, widths: tuple[int, ...], kernel: tuple[int, ...], dropout: float) -> str:
+        """A level's block, reading ``source``: plain or residual, then dropout; the call holds its input."""
+        spec = self.spec
+        start = len(self.layers)
+        if spec.block == "plain":
+            current = self.convs(prefix, source, widths, kernel)
+        else:
+            body = self.convs(f"{prefix}body.", source, widths, kernel, last_activation=False)
+            shortcut = source
+            if self.shapes[source][0] != widths[-1]:
+                bias = spec.uses_conv_bias
+                cin = self.shapes[source][0]
+                dims = len(kernel)
+                shortcut = self.add(
+                    f"{prefix}projection", "conv", (source,), cout=widths[-1], kernel=(1,) * dims, stride=(1,) * dims,
+                    pads=((0, 0),) * dims, mode="zeros", bias=bias, params=cin * widths[-1] + int(bias) * widths[-1],
+                )
+            margins = tuple(
+                (m, m) for m in ((a - b) // 2 for a, b in zip(self.shapes[shortcut][1:], self.shapes[body][1:]))
+            )
+            shortcut = self.add(f"{prefix}crop", "crop", (shortcut,), crop=margins)
+            current = self.add(f"{prefix}add", "add", (body, shortcut))
+            current = self.activation(f"{prefix}act", current)
+        if dropout > 0:
+            current = self.add(f"{prefix}dropout", "dropout", (current,), value=dropout)
+        self._hold(start, source)
+        return current
+
+    def _hold(self, start: int, source: str) -> None:
+        """The module call that ran ``layers[start:]`` keeps its argument ``source`` alive to its end."""
+        last = self.layers[-1]
+        self.layers[-1] = dataclasses.replace(last, holds=last.holds + (source,))
+
+    def take(self) -> tuple[Layer, ...]:
+        """The layers written since the last call."""
+        layers, self.layers = tuple(self.layers), []
+        return layers
+
+
+def make_plan(
+    spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = None, *, core: bool = False
+) -> Plan:
+    """Work out every layer of ``spec`` at ``input_size``, without building anything.
 
     Args:
         spec: the network.
         input_size: spatial input size, one value per axis; default :func:`default_input_size`.
+        core: plan the core network only: for ``output: same``, without the mirroring and the output crop (it then
+            takes only the sizes of the lattices, like an ``output: crop`` network).
 
     Returns:
         The plan.
@@ -349,42 +527,74 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
     """
     size = default_input_size(spec) if input_size is None else tuple(input_size)
     label = "the spec's input_size" if input_size is None and spec.input_size is not None else "input"
-    grids, ios, traces = _resolve_sizes(spec, size, label)
+    same = spec.output == "same" and not core
+    grids, ios, traces = _resolve_sizes(spec, size, label, same)
     dims = spec.spatial_dims
     channels = spec.level_channels
-    counts = _ParamCounter(spec)
+    shapes: dict[str, tuple[int, ...]] = {"input": (spec.in_channels, *size)}
+    write = _Layers(spec, shapes)
 
     def spatial(pick: Any) -> tuple[int, ...]:
         return tuple(pick(trace) for trace in traces)
 
+    def dropout_at(level: int) -> float:
+        if spec.dropout_at == "every_level" or (spec.dropout_at == "bottleneck" and level == spec.depth - 1):
+            return spec.dropout
+        return 0.0
+
     blocks: list[Block] = []
+
+    def block(name: str, words: str) -> None:
+        layers = write.take()
+        blocks.append(Block(name, words, layers[-1].shape, sum(layer.params for layer in layers), layers))
+
     mirror = tuple(io.pad if io else (0, 0) for io in ios)
     core_input = tuple(io.core_input if io else s for io, s in zip(ios, size))
-    if spec.output == "same":
+    current = "input"
+    if same:
         pads = ", ".join(f"{a}+{b}" for a, b in mirror)
-        blocks.append(
-            Block("pad_input", f"mirror (reflect) {pads} → {_fmt(core_input)}", (spec.in_channels, *core_input), 0)
-        )
+        current = write.add("pad_input", "mirror", (current,), pads=mirror, mode="reflect")
+        block("pad_input", f"mirror (reflect) {pads} → {_fmt(core_input)}")
+    outputs: list[str] = []
     for level in range(spec.depth):
-        cin = spec.in_channels if level == 0 else channels[level - 1]
+        name = sizes.level_name(level, spec.depth)
+        source = current
         words = _block_words(spec, level, spec.conv_widths(level))
         if level > 0:
-            words = f"maxpool {_fmt(spec.pool(level - 1))} → {words}"
-        shape = (channels[level], *spatial(lambda t, lv=level: t.encoder[lv]))
-        params = counts.block(cin, spec.conv_widths(level), spec.kernel(level))
-        blocks.append(Block(sizes.level_name(level, spec.depth), words, shape, params))
+            factor = spec.pool(level - 1)
+            words = f"maxpool {_fmt(factor)} → {words}"
+            current = write.add(f"{name}.pool", "max_pool", (current,), kernel=factor, stride=factor)
+        current = write.block(f"{name}.convs.", current, spec.conv_widths(level), spec.kernel(level),
+                              dropout_at(level))
+        if level == 0 and source != "input":
+            write._hold(0, source)  # the level's call keeps the mirrored input to its end
+        assert shapes[current][1:] == spatial(lambda t, lv=level: t.encoder[lv])
+        outputs.append(current)
+        block(name, words)
     skips: list[Skip] = []
     below = channels[-1]
     for level in reversed(range(spec.depth - 1)):
         factor = spec.pool(level)
         cup = channels[level] if spec.up_channels == "halve" else below
         up_size = spatial(lambda t, lv=level: t.up[lv])
+        prefix = f"decoder.{level}"
+        taps = math.prod(factor)
+        up_params = below * cup * taps + int(spec.up_bias) * cup
+        below_map = current
         if spec.upsampling == "transpose":
             up_words = f"transposed conv {_fmt(factor)}, stride {_fmt(factor)}"
+            up = write.add(f"{prefix}.up", "conv_transpose", (current,), cout=cup, kernel=factor, stride=factor,
+                           bias=spec.up_bias, params=up_params)
         else:
             mode = "nearest" if spec.interpolation == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
             up_words = f"upsample ×{_fmt(factor)} ({mode}) → conv {_fmt(factor)} (padded at the far side)"
-        blocks.append(Block(f"decoder.{level}.up", up_words, (cup, *up_size), counts.up(below, cup, factor)))
+            up = write.add(f"{prefix}.up.upsample", "upsample", (current,), stride=factor, mode=mode)
+            up = write.add(f"{prefix}.up.pad", "pad", (up,), pads=tuple((0, f - 1) for f in factor),
+                           mode=PAD_MODES[spec.padding_mode])
+            up = write.add(f"{prefix}.up.conv", "conv", (up,), cout=cup, kernel=factor, stride=(1,) * dims,
+                           pads=((0, 0),) * dims, mode="zeros", bias=spec.up_bias, params=up_params)
+        assert shapes[up][1:] == up_size
+        block(f"{prefix}.up", up_words)
         source = spatial(lambda t, lv=level: t.encoder[lv])
         crop = spatial(lambda t, lv=level: t.crop[lv])
         skips.append(Skip(level, source, up_size, crop))
@@ -393,29 +603,33 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
             crop_words = f"centre-crop encoder.{level} {_fmt(source)} → {_fmt(up_size)} ({per_side} per side)"
         else:
             crop_words = f"encoder.{level} as is ({_fmt(source)})"
-        blocks.append(Block(f"decoder.{level}.crop", crop_words, (channels[level], *up_size), 0))
+        cropped = write.add(f"{prefix}.crop", "crop", (outputs[level],), crop=tuple((c, c) for c in crop))
+        block(f"{prefix}.crop", crop_words)
         widths = (channels[level],) * spec.convs_per_level
-        out = (channels[level], *spatial(lambda t, lv=level: t.decoder[lv]))
-        cin = channels[level] + cup
-        words = f"concat → {cin} ch, {_block_words(spec, level, widths)}"
-        blocks.append(Block(f"decoder.{level}.convs", words, out, counts.block(cin, widths, spec.kernel(level))))
+        joined = write.add(f"{prefix}.concat", "concat", (cropped, up), holds=(below_map,))
+        current = write.block(f"{prefix}.convs.", joined, widths, spec.kernel(level), dropout_at(level))
+        assert shapes[current][1:] == spatial(lambda t, lv=level: t.decoder[lv])
+        words = f"concat → {shapes[joined][0]} ch, {_block_words(spec, level, widths)}"
+        block(f"{prefix}.convs", words)
         below = channels[level]
-    core_output = spatial(lambda t: t.output)
-    head_params = channels[0] * spec.out_channels + spec.out_channels
-    blocks.append(Block("head", f"conv {_fmt((1,) * dims)}", (spec.out_channels, *core_output), head_params))
+    ones = (1,) * dims
+    current = write.add("head", "conv", (current,), cout=spec.out_channels, kernel=ones, stride=ones,
+                        pads=((0, 0),) * dims, mode="zeros", bias=True,
+                        params=channels[0] * spec.out_channels + spec.out_channels)
+    block("head", f"conv {_fmt(ones)}")
     output_crop = tuple(io.crop if io else (0, 0) for io in ios)
-    output_size = tuple(c - a - b for c, (a, b) in zip(core_output, output_crop))
-    if spec.output == "same":
-        blocks.append(
-            Block("crop_output", f"crop to the input's size {_fmt(output_size)}", (spec.out_channels, *output_size), 0)
-        )
+    if same:
+        current = write.add("crop_output", "output_crop", (current,), crop=output_crop)
+        block("crop_output", f"crop to the input's size {_fmt(shapes[current][1:])}")
     if spec.final_activation != "none":
         words = {"sigmoid": "sigmoid", "softmax": "softmax over channels"}[spec.final_activation]
-        blocks.append(Block("final", words, (spec.out_channels, *output_size), 0))
+        write.add("final", "final", (current,), mode=spec.final_activation)
+        block("final", words)
+    layers = [layer for b in blocks for layer in b.layers]
     return Plan(
         spec=spec,
         input_size=size,
-        output_size=output_size,
+        output_size=blocks[-1].shape[1:],
         core_input_size=core_input,
         mirror=mirror,
         output_crop=output_crop,
@@ -423,7 +637,8 @@ def make_plan(spec: UNetSpec, input_size: tuple[int, ...] | list[int] | None = N
         skips=tuple(skips),
         lattices=grids,
         parameters=sum(b.params for b in blocks),
-        norm_parameters=counts.norm_total,
-        conv_layers=(2 * spec.depth - 1) * spec.convs_per_level + (spec.depth - 1) + 1 + counts.projections,
-        axis_names=_AXIS_NAMES[dims],
+        norm_parameters=sum(layer.params for layer in layers if layer.kind == "norm"),
+        conv_layers=sum(layer.kind in ("conv", "conv_transpose") for layer in layers),
+        axis_names=AXIS_NAMES[dims],
+        core=not same,
     )
