@@ -1,9 +1,10 @@
-"""Plan → cost: multiply-accumulates, the peak memory of an inference pass, the receptive field. Pure integers.
+"""Plan → cost: the multiply-accumulates and the peak memory of an inference pass, read from the plan's layers.
 
-These are estimates of what the modules in :mod:`unetgen.layers` do in eager PyTorch with gradients off: every
-convolution and norm writes a new tensor, activations in :data:`IN_PLACE_ACTIVATIONS` overwrite their input (the
-others write a new tensor), crops are views, the caller keeps the input alive, and each skip connection lives until
-its decoder level has used it. ``benchmarks/`` checks them against measurements.
+Pure integers. The memory rule is what eager PyTorch does with gradients off: each layer writes a new tensor unless
+it works in place (:attr:`~unetgen.planning.plan.Layer.in_place`: views, in-place activations, dropout in eval
+mode); a tensor is freed once the last layer that reads it — or holds it (:attr:`~unetgen.planning.plan.Layer.holds`)
+— has run, and never the input, which the caller keeps. ``tests/test_cost.py`` checks the figures against the
+bytes of live tensors in real passes.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..planning import sizes
-from .plan import Plan, geometry
+from .plan import IN_PLACE_ACTIVATIONS, Layer, Plan
 
-#: ``activation:`` kinds whose modules overwrite their input (:func:`unetgen.layers.activation_factory`).
-IN_PLACE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "silu"})
+__all__ = ["IN_PLACE_ACTIVATIONS", "Cost", "estimate", "layer_macs"]
 
 
 @dataclass(frozen=True)
@@ -45,26 +44,37 @@ class Cost:
         return self.activation_bytes + self.parameter_bytes
 
 
-class _Memory:
-    """Tracks the bytes of live tensors and their peak."""
-
-    def __init__(self) -> None:
-        self.live: dict[int, int] = {}
-        self.peak = 0
-        self._next = 0
-
-    def alloc(self, nbytes: int) -> int:
-        self._next += 1
-        self.live[self._next] = nbytes
-        self.peak = max(self.peak, sum(self.live.values()))
-        return self._next
-
-    def free(self, handle: int) -> None:
-        self.live.pop(handle, None)
+def layer_macs(layer: Layer) -> int:
+    """Multiply-accumulates of one layer for one sample (convolutions; every other kind counts 0)."""
+    if layer.kind == "conv":
+        return math.prod(layer.shape) * layer.cin * math.prod(layer.kernel)
+    if layer.kind == "conv_transpose":  # each output pixel gets the taps of one kernel position per stride
+        return math.prod(layer.shape) * layer.cin * math.prod(layer.kernel) // math.prod(layer.stride)
+    return 0
 
 
-def _prod(values: tuple[int, ...] | list[int]) -> int:
-    return math.prod(values)
+def peak_activation_values(plan: Plan) -> int:
+    """Peak number of values (per sample) alive at once in one pass, by the rule in this module's docstring."""
+    layers = plan.layers
+    buffer_of: dict[str, str] = {"input": "input"}  # tensor → the buffer it lives in (views share their input's)
+    sizes: dict[str, int] = {"input": math.prod(plan.input_shape)}
+    last_use: dict[str, int] = {}
+    for index, layer in enumerate(layers):
+        buffer_of[layer.name] = buffer_of[layer.inputs[0]] if layer.in_place else layer.name
+        for name in layer.inputs + layer.holds:
+            last_use[buffer_of[name]] = index
+    live = {"input": sizes["input"]}
+    total = peak = sizes["input"]
+    for index, layer in enumerate(layers):
+        buffer = buffer_of[layer.name]
+        if buffer not in live:
+            live[buffer] = math.prod(layer.shape)
+            total += live[buffer]
+            peak = max(peak, total)
+        for name in set(buffer_of[n] for n in layer.inputs + layer.holds):
+            if last_use.get(name) == index and name != "input" and name in live:
+                total -= live.pop(name)
+    return peak
 
 
 def estimate(plan: Plan, batch: int = 1, bytes_per_value: int = 4) -> Cost:
@@ -78,109 +88,14 @@ def estimate(plan: Plan, batch: int = 1, bytes_per_value: int = 4) -> Cost:
     Returns:
         The :class:`Cost`.
     """
-    spec = plan.spec
-    channels = spec.level_channels
-    geo = geometry(spec)
-    unit = batch * bytes_per_value
-    memory = _Memory()
-    macs = 0
-
-    def tensor(chan: int, size: tuple[int, ...]) -> int:
-        return memory.alloc(chan * _prod(size) * unit)
-
-    def block(handle: int, cin: int, size: tuple[int, ...], widths: tuple[int, ...], level: int) -> tuple[int, tuple[int, ...]]:
-        """The level's convolutions from tensor ``handle`` (kept alive by the caller if it is a skip)."""
-        nonlocal macs
-        kernel = spec.kernel(level)
-        current, current_size, chan = handle, size, cin
-        owned = False
-        shortcut = None
-        for index, width in enumerate(widths):
-            out_size = tuple(s - g.shrinks[level] for s, g in zip(current_size, geo))
-            out = tensor(width, out_size)
-            macs += _prod(out_size) * chan * width * _prod(kernel)
-            if owned:
-                memory.free(current)
-            activated = spec.block == "plain" or index < len(widths) - 1
-            steps = (spec.norm != "none") + (activated and spec.activation not in IN_PLACE_ACTIVATIONS)
-            for _ in range(steps):  # a norm writes a new tensor, and so does an activation that is not in place
-                nxt = tensor(width, out_size)
-                memory.free(out)
-                out = nxt
-            current, current_size, chan, owned = out, out_size, width, True
-        if spec.block == "residual":
-            if cin != widths[-1]:
-                shortcut = tensor(widths[-1], size)
-                macs += _prod(size) * cin * widths[-1]
-            added = tensor(widths[-1], current_size)
-            memory.free(current)
-            if shortcut is not None:
-                memory.free(shortcut)
-            if spec.activation in IN_PLACE_ACTIVATIONS:  # the activation after the sum
-                current = added
-            else:
-                current = tensor(widths[-1], current_size)
-                memory.free(added)
-        return current, current_size
-
-    x = tensor(spec.in_channels, plan.input_size)
-    held = {x}
-    size = plan.input_size
-    if spec.output == "same" and any(a or b for a, b in plan.mirror):
-        size = plan.core_input_size
-        padded = tensor(spec.in_channels, size)  # each round of mirroring copies; the last one stays
-        current = padded
-    else:
-        current = x
-    skips: list[tuple[int, tuple[int, ...]]] = []
-    for level in range(spec.depth):
-        cin = spec.in_channels if level == 0 else channels[level - 1]
-        if level > 0:
-            size = tuple(s // f for s, f in zip(size, spec.pool(level - 1)))
-            pooled = tensor(cin, size)
-            current = pooled
-        out, size = block(current, cin, size, spec.conv_widths(level), level)
-        if level > 0 or current not in held:
-            if level > 0:
-                memory.free(current)
-        if level == 0 and current is not x:
-            memory.free(current)
-        current = out
-        if level < spec.depth - 1:
-            skips.append((out, size))
-    below = channels[-1]
-    for level in reversed(range(spec.depth - 1)):
-        factor = spec.pool(level)
-        cup = channels[level] if spec.up_channels == "halve" else below
-        skip, skip_size = skips.pop()
-        up_size = tuple(s * f for s, f in zip(size, factor))
-        if spec.upsampling == "upsample_conv":
-            stretched = tensor(below, up_size)
-            padded = tensor(below, tuple(s + f - 1 for s, f in zip(up_size, factor)))
-            memory.free(stretched)
-            up = tensor(cup, up_size)
-            memory.free(padded)
-        else:
-            up = tensor(cup, up_size)
-        macs += _prod(up_size) * below * cup * (_prod(factor) if spec.upsampling == "upsample_conv" else 1)
-        joined = tensor(channels[level] + cup, up_size)
-        memory.free(current)
-        memory.free(up)
-        memory.free(skip)
-        widths = (channels[level],) * spec.convs_per_level
-        current, size = block(joined, channels[level] + cup, up_size, widths, level)
-        memory.free(joined)
-        below = channels[level]
-    head = tensor(spec.out_channels, size)
-    macs += _prod(size) * channels[0] * spec.out_channels
-    memory.free(current)
-    if spec.final_activation != "none":
-        tensor(spec.out_channels, plan.output_size)
-        memory.free(head)
-    norm_buffers = 2 * sum(channels) if spec.norm == "batch" else 0  # running mean and variance (approximate)
+    layers = plan.layers
+    # Batch norm keeps a running mean and variance (approximated as two values per level's width).
+    norm_buffers = 0
+    if any(layer.kind == "norm" and layer.mode == "batch" for layer in layers):
+        norm_buffers = 2 * sum(block.shape[0] for block in plan.blocks if block.name.startswith(("encoder.", "bottleneck")))
     return Cost(
-        macs=macs,
-        activation_bytes=memory.peak,
+        macs=sum(layer_macs(layer) for layer in layers),
+        activation_bytes=peak_activation_values(plan) * batch * bytes_per_value,
         parameter_bytes=(plan.parameters + norm_buffers) * bytes_per_value,
         batch=batch,
     )

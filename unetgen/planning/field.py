@@ -1,15 +1,25 @@
 """Plan → what each output pixel sees: the receptive field, how far a pixel's input window reaches, and which
-pixels of a tile differ from a whole-image pass (what overlap-tile prediction needs). Pure integers."""
+pixels of a tile differ from a whole-image pass (what overlap-tile prediction needs). Pure integers.
+
+Everything here follows the plan's layers (:class:`~unetgen.planning.plan.Layer`) one axis at a time, with one rule
+per layer kind: an interval of input pixels per pixel (:func:`input_windows`), a bound on it for networks too large
+to follow pixel by pixel (:func:`_field_bound`), and the pixels near a tile's edge that its padding spoils
+(:func:`edge_margins`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from . import sizes
-from .plan import Plan, geometry, lattices, make_plan
+from .plan import Layer, Plan, lattices, make_plan
 
 Mode = Literal["exact", "blend"]
+Interval = tuple[int, int]
+
+#: Norms that act on each pixel alone in eval mode (batch norm: a per-channel affine map). The others normalise
+#: each tile by its own statistics.
+LOCAL_NORMS = frozenset({"batch"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,18 @@ class Field:
 EXACT_FIELD_LIMIT = 40_000
 
 
+def core_plan(plan: Plan, axis: int | None = None, size: int | None = None) -> Plan:
+    """The core network (no mirroring) at the lattices' first sizes, or at ``size`` along ``axis``."""
+    first = [grid.first for grid in plan.lattices]
+    if axis is not None and size is not None:
+        first[axis] = size
+    return make_plan(plan.spec, tuple(first), core=True)
+
+
+def _pads_anything(plan: Plan) -> bool:
+    return any(layer.pads_anything for layer in plan.layers)
+
+
 def receptive_field(plan: Plan) -> tuple[Field, ...]:
     """The receptive field along each axis: how many input pixels the widest-seeing output pixel depends on.
 
@@ -40,78 +62,65 @@ def receptive_field(plan: Plan) -> tuple[Field, ...]:
     than ``EXACT_FIELD_LIMIT`` pixels) get a bound from the same rules applied to whole intervals.
 
     Args:
-        plan: any plan of the network (only its spec is used).
+        plan: any plan of the network.
 
     Returns:
         One :class:`Field` per axis.
     """
-    spec = plan.spec
+    base = core_plan(plan)
+    padded = _pads_anything(base)
     result = []
-    for axis, (geo, grid) in enumerate(zip(geometry(spec), plan.lattices)):
-        kernels = [spec.kernel(level)[axis] for level in range(spec.depth)]
-        bound = _field_bound(spec, geo, kernels, [s.crop[axis] for s in reversed(plan.skips)])
-        if spec.padding == "valid" and spec.upsampling == "transpose":
+    for axis, grid in enumerate(base.lattices):
+        bound = _field_bound(base, axis)
+        if not padded:
             size = grid.at_least(2 * grid.border + grid.step)  # nothing pads: one period of outputs is enough
         else:  # something pads (same convolutions, upsample_conv's far side): keep the period clear of the border
             size = grid.at_least(2 * bound + grid.step)
         if size > EXACT_FIELD_LIMIT:
             result.append(Field(bound, exact=False))
         else:
-            result.append(Field(max(hi - lo + 1 for lo, hi in input_windows(spec, axis, size))))
+            windows = input_windows(core_plan(plan, axis, size), axis)
+            result.append(Field(max(hi - lo + 1 for lo, hi in windows)))
     return tuple(result)
 
 
-def _field_bound(spec, geo: sizes.AxisGeometry, kernels: list[int], crops: list[int]) -> int:  # type: ignore[no-untyped-def]
-    """An upper bound on the receptive field: pixel ``i`` of a map with jump ``J`` sees ``[J*i + lo, J*i + hi]``."""
-    padded = spec.padding == "same"
-    lo = hi = 0
-    jump = 1
-    skips: list[tuple[int, int]] = []
+def _field_bound(plan: Plan, axis: int) -> int:
+    """An upper bound on the receptive field: pixel ``i`` of a map with jump ``J`` sees ``[J*i + lo, J*i + hi]``.
 
-    def convolve(kernel: int) -> None:
-        nonlocal lo, hi
-        if padded:
-            lo -= (kernel - 1) // 2 * jump
-            hi += (kernel - 1) // 2 * jump
-        else:
-            hi += (kernel - 1) * jump
-
-    for level in range(spec.depth):
-        if level > 0:
-            factor = geo.pools[level - 1]
-            hi += (factor - 1) * jump
-            jump *= factor
-        for _ in range(spec.convs_per_level):
-            convolve(kernels[level])
-        skips.append((lo, hi))
-    skips.pop()
-    for level in reversed(range(spec.depth - 1)):
-        factor = geo.pools[level]
-        jump //= factor
-        lo -= (factor - 1) * jump  # fine pixel o sees coarse pixel o // f
-        if spec.upsampling == "upsample_conv":
-            hi += (factor - 1) * jump
-            if spec.interpolation == "linear":  # and one coarse pixel more on either side
-                lo -= factor * jump
-                hi += factor * jump
-        skip_lo, skip_hi = skips.pop()
-        lo, hi = min(lo, skip_lo + crops[level] * jump), max(hi, skip_hi + crops[level] * jump)
-        for _ in range(spec.convs_per_level):
-            convolve(kernels[level])
+    ``J`` is the distance in input pixels between neighbouring pixels of the map; each layer kind maps
+    ``(lo, hi, J)`` of its inputs to its output's.
+    """
+    seen: dict[str, tuple[int, int, int]] = {"input": (0, 0, 1)}
+    for layer in plan.layers:
+        lo, hi, jump = seen[layer.inputs[0]]
+        kind = layer.kind
+        if kind in ("conv", "max_pool"):
+            k, s = layer.kernel[axis], layer.stride[axis]
+            before = layer.pads[axis][0] if layer.pads else 0
+            lo, hi, jump = lo - before * jump, hi + (k - 1 - before) * jump, jump * s
+        elif kind in ("conv_transpose", "upsample"):  # fine pixel o sees coarse pixel o // f
+            f = layer.stride[axis]
+            jump //= f
+            lo -= (f - 1) * jump
+            if kind == "upsample" and layer.mode != "nearest":  # and one coarse pixel more on either side
+                lo, hi = lo - f * jump, hi + f * jump
+        elif kind == "crop":
+            lo, hi = lo + layer.crop[axis][0] * jump, hi + layer.crop[axis][0] * jump
+        elif kind in ("concat", "add"):
+            others = [seen[name] for name in layer.inputs]
+            lo, hi = min(o[0] for o in others), max(o[1] for o in others)
+        seen[layer.name] = (lo, hi, jump)
+    lo, hi, _ = seen[plan.layers[-1].name]
     return hi - lo + 1
 
 
-Interval = tuple[int, int]
-
-
-def _conv(maps: list[Interval], kernel: int, padded: bool) -> list[Interval]:
-    """Intervals after a stride-1 convolution (a padded one clips its window at the map's edges)."""
+def _conv(maps: list[Interval], kernel: int, stride: int, before: int, after: int) -> list[Interval]:
+    """Intervals after a convolution or pooling (a padded one clips its window at the map's edges)."""
     n = len(maps)
-    pad = (kernel - 1) // 2 if padded else 0
-    out_len = n if padded else n - kernel + 1
     out = []
-    for i in range(out_len):
-        part = maps[max(0, i - pad) : min(n, i - pad + kernel)]
+    for i in range((n + before + after - kernel) // stride + 1):
+        start = i * stride - before
+        part = maps[max(0, start) : min(n, start + kernel)]
         out.append((min(m[0] for m in part), max(m[1] for m in part)))
     return out
 
@@ -133,108 +142,164 @@ def upsampled_sources(index: int, factor: int, length: int, interpolation: str) 
     return first, min(first + 1, length - 1) if fraction else first
 
 
-def input_windows(spec, axis: int, size: int) -> list[Interval]:  # type: ignore[no-untyped-def]
-    """The interval of input pixels each output pixel depends on, along ``axis``, for an input of ``size`` pixels.
+def input_windows(plan: Plan, axis: int) -> list[Interval]:
+    """The interval of input pixels each output pixel depends on, along ``axis``, at the plan's input size.
 
-    The core network (no mirroring for ``output: same``): each layer maps every pixel's interval to the union of
-    the intervals it reads — convolutions, max-pooling, up-sampling (:func:`upsampled_sources`), the far-side pad of
-    ``upsample_conv`` (taken as the last pixel repeated: a superset for every padding mode near the far edge), the
-    centre-cropped skip connections. :func:`receptive_field` and :func:`unetgen.tiling.reach` both read it.
+    Each layer maps every pixel's interval to the union of the intervals it reads — convolutions and pooling,
+    up-sampling (:func:`upsampled_sources`), pads (taken as the edge pixel repeated: a superset for every padding
+    mode near that edge), crops, concatenations and sums. :func:`receptive_field` and :func:`reach` read it.
 
     Args:
-        spec: the network.
+        plan: a core plan (``make_plan(..., core=True)``; a mirroring network's mirror and output crop are skipped).
         axis: the spatial axis.
-        size: the input size along it (a size of the axis's lattice).
 
     Returns:
         ``(first, last)`` input pixel per output pixel.
     """
-    geo = geometry(spec)[axis]
-    kernels = [spec.kernel(level)[axis] for level in range(spec.depth)]
-    padded = spec.padding == "same"
-    current: list[Interval] = [(i, i) for i in range(size)]
-    skips: list[list[Interval]] = []
-    for level in range(spec.depth):
-        if level > 0:
-            f = geo.pools[level - 1]
-            current = [(current[f * i][0], current[f * i + f - 1][1]) for i in range(len(current) // f)]
-        for _ in range(spec.convs_per_level):
-            current = _conv(current, kernels[level], padded)
-        skips.append(current)
-    skips.pop()
-    for level in reversed(range(spec.depth - 1)):
-        f = geo.pools[level]
-        if spec.upsampling == "upsample_conv":  # interpolation, then an f-wide convolution padded at the far side
-            up = []
-            for i in range(len(current) * f):
-                first, last = upsampled_sources(i, f, len(current), spec.interpolation)
-                up.append((current[first][0], current[last][1]))
-            up = _conv(up + [up[-1]] * (f - 1), f, False)
-        else:  # a transposed convolution with kernel and stride f: fine pixel i comes from coarse pixel i // f
-            up = [current[i // f] for i in range(len(current) * f)]
-        skip = skips.pop()
-        margin = (len(skip) - len(up)) // 2
-        skip = skip[margin : margin + len(up)]
-        current = [(min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(skip, up)]
-        for _ in range(spec.convs_per_level):
-            current = _conv(current, kernels[level], padded)
-    return current
+    maps: dict[str, list[Interval]] = {"input": [(i, i) for i in range(plan.core_input_size[axis])]}
+    last = "input"
+    for layer in plan.layers:
+        current = maps[layer.inputs[0]]
+        kind = layer.kind
+        if kind in ("mirror", "output_crop"):
+            maps[layer.name] = current
+            continue
+        if kind in ("conv", "max_pool"):
+            before, after = layer.pads[axis] if layer.pads else (0, 0)
+            current = _conv(current, layer.kernel[axis], layer.stride[axis], before, after)
+        elif kind == "conv_transpose":  # kernel = stride = f: fine pixel i comes from coarse pixel i // f
+            f = layer.stride[axis]
+            current = [current[i // f] for i in range(len(current) * f)]
+        elif kind == "upsample":
+            f = layer.stride[axis]
+            interpolation = "nearest" if layer.mode == "nearest" else "linear"
+            sources = [upsampled_sources(i, f, len(current), interpolation) for i in range(len(current) * f)]
+            current = [(current[first][0], current[end][1]) for first, end in sources]
+        elif kind == "pad":
+            before, after = layer.pads[axis]
+            current = [current[0]] * before + current + [current[-1]] * after
+        elif kind == "crop":
+            before, after = layer.crop[axis]
+            current = current[before : len(current) - after]
+        elif kind in ("concat", "add"):
+            others = [maps[name] for name in layer.inputs]
+            current = [(min(o[0] for o in group), max(o[1] for o in group)) for group in zip(*others)]
+        maps[layer.name] = current
+        last = layer.name
+    return maps[last]
 
 
 def stitching(plan: Plan) -> Mode:
-    """How tiles of the network are stitched: ``exact`` or ``blend`` (see the module docstring).
+    """How tiles of the network are stitched: ``exact`` or ``blend`` (see :mod:`unetgen.inference.tiling`).
 
     Args:
         plan: any plan of the network.
 
     Returns:
-        ``exact`` for valid convolutions with no norm or batch norm (eval mode: a per-channel affine map), else
-        ``blend``.
+        ``exact`` when no convolution pads and every norm acts on each pixel alone (none, or batch norm in eval
+        mode), else ``blend``.
     """
-    spec = plan.spec
-    return "exact" if spec.padding == "valid" and _local_norm(spec) else "blend"
+    layers = plan.layers
+    padded = any(layer.kind == "conv" and layer.pads_anything for layer in layers)
+    return "exact" if not padded and _local_norms(layers) else "blend"
 
 
-def _local_norm(spec) -> bool:  # type: ignore[no-untyped-def]
-    """Whether the norm acts on each pixel alone (none, or batch norm in eval mode: a per-channel affine map)."""
-    return spec.norm in ("none", "batch")
+def _local_norms(layers: tuple[Layer, ...]) -> bool:
+    """Whether every norm acts on each pixel alone (in eval mode)."""
+    return all(layer.mode in LOCAL_NORMS for layer in layers if layer.kind == "norm")
 
 
 def edge_margins(plan: Plan) -> tuple[tuple[int, int], ...]:
     """Output pixels at a tile's near and far edge that may differ from the whole-image pass, per axis.
 
-    * Padded convolutions (``padding: same``) see zeros past a tile's edge where the whole image has pixels: an
-      output pixel is the whole-image pass's only when its input window (:func:`reach`) lies inside the tile.
-    * ``output: same`` networks mirror every tile they are given, so the same holds for them.
-    * ``upsample_conv`` pads its 2×2 convolution by one pixel at the far side (and linear interpolation clamps at
-      both ends), so each decoder level spoils the pixels that the level below spoilt, times the factor, plus the
-      factor − 1 of its own pad: ``step − 1`` at the far side with nearest interpolation; with linear
-      interpolation ``step − 1`` at the near side and ``2·step − 2`` at the far side. ``transpose`` spoils none.
+    Followed through the core network's layers: a tile is a window of the (mirrored) image, so its input has no
+    spoilt pixel; each layer that makes up pixels past its input's edge (a padded convolution, the far-side pad of
+    ``upsample_conv``, linear interpolation's clamping) spoils them, and every later layer spreads the spoilt
+    pixels as far as it reads. ``transpose`` up-sampling and valid convolutions spoil none of their own. A network
+    that mirrors each tile it is given (``output: same``, run whole) also spoils what its mirror reaches
+    (:func:`reach`).
 
     With instance, group or layer norm no tile output equals the whole-image pass anywhere, and there are none.
 
     Args:
-        plan: any plan of the network.
+        plan: any plan of the network; a core plan (``make_plan(..., core=True)``) for tiles run on the core.
 
     Returns:
         ``(near, far)`` pixels of each tile's output to leave to the neighbouring tiles, per axis.
     """
-    spec = plan.spec
-    if not _local_norm(spec):  # each tile is normalised by its own statistics: no tile is exact anywhere
-        return ((0, 0),) * spec.spatial_dims
+    base = core_plan(plan)
+    if not _local_norms(base.layers):  # each tile is normalised by its own statistics: no tile is exact anywhere
+        return ((0, 0),) * len(base.lattices)
+    windows = reach(plan) if plan.same_output else None
     margins = []
-    windows = reach(plan) if spec.padding == "same" or spec.output == "same" else None
-    for axis, grid in enumerate(lattices(spec)):
-        near = far = 0
-        if spec.upsampling == "upsample_conv":
-            if spec.interpolation == "nearest":
-                far = grid.step - 1
-            else:
-                near, far = grid.step - 1, 2 * grid.step - 2
+    for axis, grid in enumerate(base.lattices):
+        # A probe wide enough that the spoilt pixels from the two edges never meet.
+        probe = core_plan(plan, axis, grid.at_least(2 * grid.border + 4 * _field_bound(base, axis) + 2 * grid.step))
+        near, far = _spoilt(probe, axis)
         if windows is not None:
             near, far = near + windows[axis][0], far + windows[axis][1]
         margins.append((near, far))
     return tuple(margins)
+
+
+def _spoilt(plan: Plan, axis: int) -> tuple[int, int]:
+    """Pixels at the near and far edge of the output that see a made-up pixel, along ``axis``."""
+    shapes = {"input": plan.core_input_size[axis]}
+    spoilt: dict[str, tuple[int, int]] = {"input": (0, 0)}
+    for layer in plan.layers:
+        near, far = spoilt[layer.inputs[0]]
+        n = shapes[layer.inputs[0]]
+        kind = layer.kind
+        if kind in ("conv", "max_pool"):
+            k, s = layer.kernel[axis], layer.stride[axis]
+            before, after = layer.pads[axis] if layer.pads else (0, 0)
+            out = (n + before + after - k) // s + 1
+            # output o reads input pixels [o·s − before, o·s − before + k − 1]; pixels past the edge are made up
+            near = min(out, -(-(near + before) // s))
+            if far + after > 0:  # the first output that reads pixel n − far or beyond
+                far = min(out, out - max(0, -(-(n - far - k + 1 + before) // s)))
+        elif kind == "conv_transpose" or (kind == "upsample" and layer.mode == "nearest"):
+            f = layer.stride[axis]
+            near, far = near * f, far * f
+        elif kind == "upsample":
+            near, far = _spoilt_linear(near, far, n, layer.stride[axis])
+        elif kind == "pad":
+            before, after = layer.pads[axis]
+            near, far = near + before, far + after
+        elif kind in ("crop", "output_crop"):
+            before, after = layer.crop[axis]
+            near, far = max(0, near - before), max(0, far - after)
+        elif kind in ("concat", "add"):
+            near = max(spoilt[name][0] for name in layer.inputs)
+            far = max(spoilt[name][1] for name in layer.inputs)
+        spoilt[layer.name] = (near, far)
+        shapes[layer.name] = layer.shape[1 + axis]
+    return spoilt[plan.layers[-1].name]
+
+
+def _spoilt_linear(near: int, far: int, n: int, f: int) -> tuple[int, int]:
+    """Spoilt pixels after linear up-sampling by ``f`` of a map of ``n`` pixels: those that read a spoilt pixel,
+    or a clamped one (the whole-image pass reads a real neighbour there)."""
+    out = n * f
+    new_near = 0
+    for o in range(out):
+        numerator = 2 * o + 1 - f
+        first, fraction = divmod(numerator, 2 * f) if numerator > 0 else (0, 0)
+        if numerator < 0 or first < near:
+            new_near = o + 1
+        else:
+            break
+    new_far = 0
+    for o in reversed(range(out)):
+        numerator = 2 * o + 1 - f
+        first, fraction = divmod(numerator, 2 * f)
+        reads_past = fraction and first + 1 > n - 1
+        last = first + 1 if fraction else first
+        if reads_past or last >= n - far:
+            new_far = out - o
+        else:
+            break
+    return new_near, new_far
 
 
 def reach(plan: Plan) -> tuple[tuple[int, int], ...]:
@@ -250,9 +315,8 @@ def reach(plan: Plan) -> tuple[tuple[int, int], ...]:
     Returns:
         ``(before, after)`` input pixels per axis.
     """
-    spec = plan.spec
-    grids = lattices(spec)
-    fields = receptive_field(make_plan(spec, tuple(grid.first for grid in grids)))
+    grids = plan.lattices
+    fields = receptive_field(plan)
     result = []
     for axis, (grid, field) in enumerate(zip(grids, (f.size for f in fields))):
         # Outputs ``field + step`` from either edge of the probe see no edge; one period of them is enough.
@@ -260,7 +324,7 @@ def reach(plan: Plan) -> tuple[tuple[int, int], ...]:
         if size > _REACH_PROBE_LIMIT or not all(f.exact for f in fields):
             result.append((field - 1, field - 1))  # a window of ``field`` pixels reaches no further to either side
             continue
-        windows = input_windows(spec, axis, size)
+        windows = input_windows(core_plan(plan, axis, size), axis)
         before = after = 0
         for index in range(field + grid.step, len(windows) - field - grid.step):
             centre = index + grid.border
