@@ -1,16 +1,20 @@
-"""`unetgen draw`: the paper's Figure 1 for any variant: valid SVG, the plan's numbers, a render in a real browser."""
+"""`unetgen draw`: the paper's Figure 1 for any variant: valid SVG, the plan's numbers, PNG through resvg, the layout
+as a real browser renders it."""
 
 from __future__ import annotations
 
 import html
+import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageChops
 
 import unetgen
 from unetgen.drawing import png
@@ -157,9 +161,11 @@ def test_bars_scale_for_wide_and_deep_networks():
 
 def test_committed_picture_is_current():
     assert (ROOT / "docs" / "paper.svg").read_text(encoding="utf-8") == draw("paper")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Drawing the network") : readme.index("## Layout")]
-    assert "unetgen draw paper -o docs/paper.svg" in section and "docs/paper.svg" in section
+    assert "(docs/paper.svg)" in (ROOT / "README.md").read_text(encoding="utf-8")  # the front page shows it
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert any("unetgen draw paper -o docs/paper.svg" in page.read_text(encoding="utf-8") for page in pages), (
+        "say in the docs how docs/paper.svg is made"
+    )
 
 
 # --- the command ------------------------------------------------------------------------------------------------
@@ -211,26 +217,63 @@ def test_cli_bad_spec_file(tmp_path, capsys):
     assert not (tmp_path / "u.svg").exists()
 
 
-def test_cli_png_without_a_renderer(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(png, "find_browser", lambda: None)
-    monkeypatch.setitem(sys.modules, "cairosvg", None)  # import fails
-    assert png.renderer() is None
+def test_cli_png_without_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(png, "resvg_py", None)  # as without `pip install 'unetgen[png]'`
+    assert not png.available()
     assert main(["draw", "paper", "-o", str(tmp_path / "u.svg"), "--png"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"unetgen: error: {tmp_path / 'u.png'}: no PNG renderer found (looked for chromium, ")
-    assert "apt-get install chromium, or pip install cairosvg" in err and len(err.splitlines()) == 1
+    assert err == (
+        f"unetgen: error: {tmp_path / 'u.png'}: writing PNG needs the png extra: pip install 'unetgen[png]'; "
+        "or write an SVG instead (-o unet.svg)\n"
+    )
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the SVG
     assert main(["draw", "paper", "-o", str(tmp_path / "u.png")]) == 2
     assert list(tmp_path.iterdir()) == []
 
 
-# --- in a real browser -------------------------------------------------------------------------------------------
+needs_resvg = pytest.mark.skipif(not png.available(), reason="the png extra is not installed: pip install -e '.[png]'")
 
-BROWSER = png.find_browser()
+
+@needs_resvg
+def test_png_with_resvg(tmp_path, capsys):
+    assert main(["draw", "paper", "-o", str(tmp_path / "u.svg"), "--png"]) == 0
+    data = (tmp_path / "u.png").read_bytes()
+    width, height = svg_size((tmp_path / "u.svg").read_text(encoding="utf-8"))
+    assert png.png_size(data) == (2 * width, 2 * height)
+    assert Image.open(io.BytesIO(data)).size == (2 * width, 2 * height)
+    out = capsys.readouterr().out
+    assert out == (
+        f"wrote {tmp_path / 'u.svg'} ({width}×{height} pixels)\n"
+        f"wrote {tmp_path / 'u.png'} ({2 * width}×{2 * height} pixels)\n"
+    )
+    assert main(["draw", "cicek3d", "-o", str(tmp_path / "c.png")]) == 0
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["c.png", "u.png", "u.svg"]  # a .png alone: no SVG
+
+
+@needs_resvg
+def test_png_draws_the_text():
+    """Text needs a system font: without one resvg leaves the labels out silently (.ci/run installs Debian's
+    fonts-liberation, whose Liberation Sans has the Helvetica/Arial widths the layout is made for)."""
+    svg = draw(VARIANTS["depth1"])
+    without_text = re.sub(r"<text\b.*?</text>", "", svg, flags=re.S)
+    images = [Image.open(io.BytesIO(png.svg_to_png(s, scale=1))).convert("L") for s in (svg, without_text)]
+    box = ImageChops.difference(*images).getbbox()
+    assert box is not None, "no text in the PNG: no font found; install one (apt-get install fonts-liberation)"
+    assert box[2] - box[0] > svg_size(svg)[0] / 3  # the title and the labels, across the picture
+
+
+# --- in a real browser: the layout as a user sees it --------------------------------------------------------------
+
+#: Browser commands tried in this order (Debian's package is ``chromium``).
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+BROWSER = next((path for path in map(shutil.which, BROWSERS) if path), None)
 needs_browser = pytest.mark.skipif(
     BROWSER is None,
     reason="no Chromium-family browser on PATH (.ci/run installs Debian's chromium; apt-get install chromium)",
 )
+#: Headless, offline, no state left behind; --no-sandbox because CI containers run as root.
+HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 
 # Runs in the page: for every SVG, every text as the browser laid it out, and every bar and arrow.
 _MEASURE = """
@@ -260,7 +303,7 @@ def _render(svgs: list[str], tmp_path: Path) -> tuple[str, list[dict]]:
         f"<body>{body}<script>{_MEASURE}</script></body></html>",
         encoding="utf-8",
     )
-    command = png.headless_command(BROWSER, tmp_path / "profile", "--dump-dom", page.as_uri())
+    command = [BROWSER, *HEADLESS_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     found = re.search(r'<pre id="rendered">(.*?)</pre>', run.stdout, flags=re.S)
@@ -296,16 +339,6 @@ def test_rendered_in_a_browser(tmp_path):
                 assert not _overlap(a["box"], shape), (name, a["text"], shape)
 
 
-@needs_browser
-def test_png_through_the_browser(tmp_path, capsys):
-    assert main(["draw", "paper", "-o", str(tmp_path / "u.svg"), "--png"]) == 0
-    data = (tmp_path / "u.png").read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = svg_size((tmp_path / "u.svg").read_text(encoding="utf-8"))
-    assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == (2 * width, 2 * height)
-    assert f"wrote {tmp_path / 'u.png'} ({2 * width}×{2 * height} pixels)" in capsys.readouterr().out
-
-
 @pytest.mark.skipif(not hasattr(unetgen.UNetSpec, "_repr_svg_"), reason="the _repr_svg_ hooks are not wired yet")
 def test_notebook_display():
     assert PAPER._repr_svg_() == draw(PAPER)
@@ -318,8 +351,7 @@ def test_no_torch_needed():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
-def test_ci_installs_a_browser():
+def test_ci_installs_the_png_extra_fonts_and_a_browser():
     script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "apt-get install" in script and "chromium" in script
-    assert script.index("chromium") < script.index("pytest")
-
+    assert '".[dev,png]"' in script and "fonts-liberation" in script and "chromium" in script
+    assert max(script.index("fonts-liberation"), script.index("chromium")) < script.index("pytest")
