@@ -10,15 +10,22 @@ import json
 import logging
 import math
 import sys
+import time
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 
 from .version import __version__
+from .drawing.draw import draw, svg_size
+from .drawing.png import png_size, svg_to_png
 from .errors import SizeError, UNetGenError
-from .files import check_target
+from .export.contract import DEFAULT_OPSET
+from .files import atomic_write, check_target
 from .planning.plan import Plan, make_plan
 from .spec.fields import UNetSpec, load_spec, preset_names
-from .summary import render
+from .spec.schema import schema_text
+from .summary import render, size_report
+from .text import size_text
 
 log = logging.getLogger("unetgen")
 
@@ -80,11 +87,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_draw(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .drawing.draw import draw, svg_size
-    from .files import atomic_write
-
     plan = _plan(load_spec(args.spec or "paper"), args.spec or "paper", args.input_size)
     svg = draw(plan)
     if args.output == "-":
@@ -99,79 +101,37 @@ def _cmd_draw(args: argparse.Namespace) -> int:
     targets = {path.with_suffix(".png")} if args.png or kind == ".png" else set()
     for target in ({path} | targets) if kind == ".svg" else targets:
         check_target(target)
-    images: dict[Path, bytes] = {}
+    images: dict[Path, tuple[bytes, tuple[int, int]]] = {}
     if kind == ".svg":
-        images[path] = svg.encode("utf-8")
+        images[path] = (svg.encode("utf-8"), svg_size(svg))
     for target in targets:  # rendered before anything is written: no renderer, no files
-        from .drawing.png import svg_to_png
-
-        images[target] = svg_to_png(svg, where=str(target))
-    for target, data in images.items():
+        data = svg_to_png(svg, where=str(target))
+        images[target] = (data, png_size(data))
+    for target, (data, size) in images.items():
         atomic_write(target, lambda handle, data=data: handle.write(data))
-        if target.suffix.lower() == ".png":  # the PNG header holds its size
-            width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        else:
-            width, height = svg_size(svg)
-        print(f"wrote {target} ({width}×{height} pixels)")
+        print(f"wrote {target} ({size_text(size)} pixels)")
     return 0
 
 
 def _cmd_sizes(args: argparse.Namespace) -> int:
-    from .planning.field import receptive_field
-    from .planning.plan import default_input_size, lattices
-    from .planning.sizes import Lattice
+    plan = make_plan(load_spec(args.spec or "paper"), args.input_size)
+    if args.range is not None and not 1 <= args.range[0] <= args.range[1]:
+        raise UNetGenError(f"--range {args.range[0]} {args.range[1]}: give two sizes, smallest first, from 1 up")
+    print(size_report(plan, near=args.near, span=args.range, output_size=args.output_size), end="")
+    return 0
 
-    spec = load_spec(args.spec or "paper")
-    plan = make_plan(spec, args.input_size)
-    grids = lattices(spec)
-    names = plan.axis_names
-    fields = receptive_field(plan)
-    same = spec.output == "same"
-    lines = [f"{spec.name}: valid input sizes per axis ({'output = input' if same else 'output = input - 2 * border'})"]
-    groups: dict[tuple[Lattice, int], list[str]] = {}
-    for name, grid, field in zip(names, grids, fields):
-        groups.setdefault((grid, field), []).append(name)
-    for (grid, field), axes in groups.items():
-        name = axes[0]
-        label = "every axis" if len(groups) == 1 else ", ".join(axes)
-        lines.append("")
-        if same:
-            lines.append(f"{label}: any size from 2; the input is mirrored onto the core lattice {grid.describe()}")
-        else:
-            lines.append(f"{label}: {grid.describe()} → output {grid.first - 2 * grid.border}+{grid.step}k")
-        lines.append(f"  minimum input {2 if same else grid.first}, border {grid.border} per side, "
-                     f"receptive field {field}")
-        if args.output_size is not None:
-            if same:
-                lines.append(f"  output {args.output_size} ← input {args.output_size}")
-            else:
-                options = grid.input_for_output(args.output_size)
-                exact = [n for n in options if grid.output(n) == args.output_size]
-                if exact:
-                    lines.append(f"  output {args.output_size} ← input {exact[0]}")
-                else:
-                    near = ", ".join(f"{n} → {grid.output(n)}" for n in options)
-                    lines.append(f"  output {args.output_size} is not reachable; nearest: {near}")
-            continue
-        if args.range is not None:
-            low, high = args.range
-            if low > high or low < 1:
-                raise UNetGenError(f"--range {low} {high}: give two sizes, smallest first, from 1 up")
-            start = grid.at_least(low)
-            sizes_ = list(range(start, high + 1, grid.step)[:200])  # slice the range, not a list of billions
-        else:
-            centre = args.near if args.near is not None else default_input_size(spec)[names.index(name)]
-            above = grid.at_least(centre)
-            sizes_ = [n for n in range(above - 3 * grid.step, above + 3 * grid.step + 1, grid.step) if n >= grid.first]
-        if not same:
-            lines.append("  " + ", ".join(f"{n} → {grid.output(n)}" for n in sizes_) if sizes_ else "  none in range")
-    print("\n".join(lines))
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    text = schema_text()
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    path = atomic_write(args.output, lambda handle: handle.write(text.encode("utf-8")))
+    print(f"wrote {path}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .export.writer import export_onnx
 
     if args.weights:
@@ -215,10 +175,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import time
-
     from .inference.images import output_kind, read_image, write_result
-    from .inference.predict import check_image, load_model, predict
+    from .inference.image_checks import check_image
+    from .inference.predict import predict
+    from .inference.runners import load_model
     from .inference.tiling import plan_tiles
 
     runner = load_model(args.weights, args.spec)
@@ -236,8 +196,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     options = dict(tile_size=tile, memory=args.memory, batch_size=args.batch, overlap=args.overlap)
     layout = plan_tiles(spec, size, **options)
     layout_words = "" if image.channels_last and args.channels is None else f", channels {channels}"
-    print(f"read {args.input}: {image.words}{layout_words} → input {'×'.join(map(str, pixels.shape))}")
-    print(f"network {spec.name} from {runner.source}: {spec.in_channels} → {spec.out_channels} channels")
+    print(f"read {args.input}: {image.words}{layout_words} → input {size_text(pixels.shape)}")
+    channels_in, channels_out = layout.plan.input_shape[0], layout.plan.output_shape[0]
+    print(f"network {spec.name} from {runner.source}: {channels_in} → {channels_out} channels")
     print(f"tiles: {layout.describe()}")
     started = time.perf_counter()
     result = predict(runner, image.pixels, channels=channels, output="logits" if args.logits else "labels",
@@ -245,7 +206,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     write_result(args.output, result)
     what = "logits" if args.logits else "labels"
-    shown = "×".join(map(str, result.shape))
+    shown = size_text(result.shape)
     classes = "" if args.logits else f", classes {int(result.min())}–{int(result.max())} present"
     rate = math.prod(size) / max(seconds, 1e-9) / 1e6
     print(f"wrote {args.output}: {what} {shown} {result.dtype}{classes} ({seconds:.1f} s, {rate:.2f} Mpx/s)")
@@ -253,8 +214,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .export.reader import DEFAULT_OPSET
-
     parser = _Parser(
         prog="unetgen",
         description="Generate U-Net variants from a declarative spec, every shape worked out before building.",
@@ -348,7 +307,8 @@ def _parser() -> argparse.ArgumentParser:
         "draw",
         help="draw the network as the U-Net paper's Figure 1 (SVG, or PNG)",
         description="Draw the network as Figure 1 of the U-Net paper: one bar per feature map, channels above, "
-        "sizes beside, arrows by operation. Writes SVG (text, no dependency); PNG needs Chromium or cairosvg.",
+        "sizes beside, arrows by operation. Writes SVG (text, no dependency); PNG needs the png extra "
+        "(pip install 'unetgen[png]').",
     )
     draw.add_argument(
         "spec", nargs="?", metavar="SPEC", help=f"a YAML spec file or a preset name ({presets}); default: paper"
@@ -361,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
         "--input-size", nargs="+", type=_input_size, metavar="N",
         help="spatial input size, one value per axis (e.g. 572 572)",
     )
-    draw.add_argument("--png", action="store_true", help="also write a PNG beside the SVG (needs Chromium or cairosvg)")
+    draw.add_argument("--png", action="store_true", help="also write a PNG beside the SVG (needs the png extra)")
     draw.set_defaults(func=_cmd_draw)
     export = commands.add_parser(
         "export",
@@ -400,6 +360,16 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE", help="an .onnx file written by unetgen export")
     inspect.add_argument("--json", action="store_true", help="print it as JSON")
     inspect.set_defaults(func=_cmd_inspect)
+    schema = commands.add_parser(
+        "schema",
+        help="print the spec's JSON Schema, for editors' completion and checks of spec files",
+        description="Print the JSON Schema (draft 2020-12) of a spec file, made from the spec's model: every field "
+        "with its type, bounds, choices and description; unknown fields are refused. Point an editor at it with "
+        "a first line '# yaml-language-server: $schema=PATH' in the YAML file. Checks between fields are left to "
+        "'unetgen build'.",
+    )
+    schema.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead (atomically)")
+    schema.set_defaults(func=_cmd_schema)
     return parser
 
 

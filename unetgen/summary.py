@@ -1,15 +1,15 @@
-"""Plan → text: the block-by-block table ``unetgen build`` prints. Pure formatting, no torch."""
+"""Plan → text: how the CLI describes a network (``unetgen build``'s table, ``unetgen sizes``' report). Pure
+formatting of the plan's numbers, no torch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .planning.cost import estimate
-from .planning.field import receptive_field
-from .text import human_bytes
-from .planning.plan import Plan
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "×".join(str(s) for s in shape)
+from .planning.field import Field, receptive_field
+from .planning.plan import Plan, default_input_size
+from .planning.sizes import Lattice
+from .text import AXIS_LETTERS, human_bytes, size_text
 
 
 def render(plan: Plan, source: str | None = None) -> str:
@@ -25,10 +25,11 @@ def render(plan: Plan, source: str | None = None) -> str:
     spec = plan.spec
     title = spec.name + (f" ({source})" if source and source != spec.name else "")
     lines = [title + (f" — {spec.description}" if spec.description else "")]
-    lines.append(f"input {_fmt(plan.input_shape)} → output {_fmt(plan.output_shape)}")
+    lines.append(f"input {size_text(plan.input_shape)} → output {size_text(plan.output_shape)}")
     lines.append("")
-    rows = [("block", "operation", "output (C×" + "×".join(_axis_letters(spec.spatial_dims)) + ")", "params")]
-    rows += [(b.name, b.operation, _fmt(b.shape), f"{b.params:,}" if b.params else "—") for b in plan.blocks]
+    letters = AXIS_LETTERS[len(plan.input_size)]
+    rows = [("block", "operation", "output (C×" + "×".join(letters) + ")", "params")]
+    rows += [(b.name, b.operation, size_text(b.shape), f"{b.params:,}" if b.params else "—") for b in plan.blocks]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for name, operation, shape, params in rows:
         lines.append(f"{name:<{widths[0]}}  {operation:<{widths[1]}}  {shape:<{widths[2]}}  {params:>11}".rstrip())
@@ -45,9 +46,9 @@ def render(plan: Plan, source: str | None = None) -> str:
         f"one pass at batch 1, float32: {cost.flops / 1e9:,.1f} GFLOP; peak memory ≈ "
         f"{human_bytes(cost.activation_bytes)} of activations + {human_bytes(cost.parameter_bytes)} of weights"
     )
-    lines.append(f"receptive field {_fmt(receptive_field(plan))} pixels")
+    lines.append(f"receptive field {size_text(receptive_field(plan))} pixels")
     grids = plan.lattices
-    if spec.output == "same":
+    if plan.same_output:
         lines.append("takes any input size from 2 per axis; the output has the input's size")
         border = plan.border[0] if len(set(plan.border)) == 1 else "/".join(str(b) for b in plan.border)
         if any(plan.border):
@@ -63,5 +64,66 @@ def render(plan: Plan, source: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _axis_letters(dims: int) -> list[str]:
-    return {1: ["L"], 2: ["H", "W"], 3: ["D", "H", "W"]}[dims]
+#: At most this many sizes are listed for a range (a range of a million sizes would print a million).
+MAX_LISTED = 200
+
+
+def size_report(
+    plan: Plan,
+    near: int | None = None,
+    span: Sequence[int] | None = None,
+    output_size: int | None = None,
+) -> str:
+    """The sizes calculator: per group of alike axes, the valid input sizes with their outputs, the minimum, the
+    border and the receptive field.
+
+    Args:
+        plan: the network's plan (any valid size; only its lattices and receptive field are used).
+        near: list the valid sizes around this one (default: the spec's input size).
+        span: ``(low, high)``: list the valid sizes from ``low`` to ``high`` (at most ``MAX_LISTED``), instead.
+        output_size: say which input size gives this output size, instead of listing sizes.
+
+    Returns:
+        The text, ending with a newline.
+    """
+    same = plan.same_output
+    names = plan.axis_names
+    centres = default_input_size(plan.spec)
+    rule = "output = input" if same else "output = input - 2 * border"
+    lines = [f"{plan.spec.name}: valid input sizes per axis ({rule})"]
+    groups: dict[tuple[Lattice, Field], list[str]] = {}
+    for name, grid, field in zip(names, plan.lattices, receptive_field(plan)):
+        groups.setdefault((grid, field), []).append(name)
+    for (grid, field), axes in groups.items():
+        label = "every axis" if len(groups) == 1 else ", ".join(axes)
+        lines.append("")
+        if same:
+            lines.append(f"{label}: any size from 2; the input is mirrored onto the core lattice {grid.describe()}")
+        else:
+            lines.append(f"{label}: {grid.describe()} → output {grid.first - 2 * grid.border}+{grid.step}k")
+        lines.append(f"  minimum input {2 if same else grid.first}, border {grid.border} per side, "
+                     f"receptive field {field}")
+        if output_size is not None:
+            lines.append(_input_for_output(grid, output_size, same))
+        elif not same:
+            if span is not None:
+                low, high = span
+                listed = list(range(grid.at_least(low), high + 1, grid.step)[:MAX_LISTED])  # never a list of billions
+            else:
+                above = grid.at_least(near if near is not None else centres[names.index(axes[0])])
+                around = range(above - 3 * grid.step, above + 3 * grid.step + 1, grid.step)
+                listed = [n for n in around if n >= grid.first]
+            lines.append("  " + ", ".join(f"{n} → {grid.output(n)}" for n in listed) if listed else "  none in range")
+    return "\n".join(lines) + "\n"
+
+
+def _input_for_output(grid: Lattice, output_size: int, same: bool) -> str:
+    """The line that says which input size gives ``output_size``, or the nearest ones when none does."""
+    if same:
+        return f"  output {output_size} ← input {output_size}"
+    options = grid.input_for_output(output_size)
+    exact = [n for n in options if grid.output(n) == output_size]
+    if exact:
+        return f"  output {output_size} ← input {exact[0]}"
+    near = ", ".join(f"{n} → {grid.output(n)}" for n in options)
+    return f"  output {output_size} is not reachable; nearest: {near}"
