@@ -183,10 +183,10 @@ class UNet(nn.Module):
             if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _is_exporting()):
                 self.check(x)
         margins: List[Tuple[int, int]] = []
+        rounds: List[List[int]] = []
         if self.same_output:
             rounds, margins = self._same_output(x)
-            x = self.pad_input(x, rounds)
-        x = self.forward_core(x)
+        x = self._run(x, rounds)
         if self.same_output:
             x = self.crop_output(x, margins)
         return self.final(x)
@@ -195,6 +195,13 @@ class UNet(nn.Module):
         """The network without the mirroring and the output crop of ``output: same``: a valid network that takes the
         sizes of ``plan.lattices`` and returns its output less ``plan.border`` per side (the final activation
         included). For every network this is what ``forward`` runs on the mirrored input."""
+        return self._run(x, [])
+
+    def _run(self, x: torch.Tensor, rounds: List[List[int]]) -> torch.Tensor:
+        """Mirror by ``rounds`` (none: the core), then the core network. The mirrored input is this frame's
+        alone, so it is released once the first level has used it."""
+        if len(rounds) > 0:
+            x = self.pad_input(x, rounds)
         skips: List[torch.Tensor] = []
         for level in self.encoder:
             x = level(x)
