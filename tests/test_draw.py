@@ -272,8 +272,10 @@ needs_browser = pytest.mark.skipif(
     reason="no Chromium-family browser on PATH (.ci/run installs Debian's chromium; apt-get install chromium)",
 )
 #: Headless, offline, no state left behind; --no-sandbox because CI containers run as root.
-HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+HEADLESS_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+)
 
 # Runs in the page: for every SVG, every text as the browser laid it out, and every bar and arrow.
 _MEASURE = """
