@@ -1,6 +1,6 @@
-"""The building blocks, and the only place where a spec's strings become torch classes.
+"""Planned layer → torch module: the only place where a layer kind becomes a torch class, and the blocks' modules.
 
-Modules here receive integers and layer factories, never the spec; every crop and pad amount comes from the plan.
+Modules here receive the plan's layers (integers and names), never the spec; every crop and pad comes from the plan.
 """
 
 from __future__ import annotations
@@ -13,48 +13,74 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..planning.plan import Layer
+
 CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_TRANSPOSE: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 MAX_POOL: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 BATCH_NORM: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 INSTANCE_NORM: dict[int, type[nn.Module]] = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
-INTERPOLATION: dict[str, dict[int, str]] = {
-    "nearest": {1: "nearest", 2: "nearest", 3: "nearest"},
-    "linear": {1: "linear", 2: "bilinear", 3: "trilinear"},
-}
-#: ``padding_mode`` names → ``torch.nn.functional.pad`` modes.
-PAD_MODE: dict[str, str] = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 FINAL: dict[str, Callable[[], nn.Module]] = {"sigmoid": nn.Sigmoid, "softmax": lambda: nn.Softmax(dim=1)}
 
-Factory = Callable[[int], nn.Module]
+def make_module(layer: Layer, dims: int) -> nn.Module | None:
+    """The torch module of one planned layer (None for kinds that are no module: concat, add, input).
 
+    This is the only place where a layer kind becomes a torch class.
 
-def norm_factory(kind: str, dims: int, groups: int) -> Factory | None:
-    """A function ``channels → norm module`` for ``norm: kind``, or None for ``none``.
+    Args:
+        layer: the layer, from the plan.
+        dims: spatial dimensions (1, 2 or 3).
 
-    Every norm has a learned scale and shift (``affine``), as the parameter counts of the plan assume.
+    Returns:
+        A new module with PyTorch's default initialisation, or None.
     """
-    if kind == "none":
-        return None
+    kind = layer.kind
+    cout = layer.shape[0]
+    if kind == "conv":
+        if any(a != b for a, b in layer.pads):
+            raise ValueError(f"{layer.name}: torch convolutions pad both sides alike, got {layer.pads}")
+        padding = tuple(a for a, _ in layer.pads)
+        return CONV[dims](layer.cin, cout, layer.kernel, stride=layer.stride, padding=padding,
+                          padding_mode=layer.mode, bias=layer.bias)
+    if kind == "conv_transpose":
+        return CONV_TRANSPOSE[dims](layer.cin, cout, layer.kernel, stride=layer.stride, bias=layer.bias)
+    if kind == "max_pool":
+        return MAX_POOL[dims](layer.kernel, stride=layer.stride)
+    if kind == "upsample":
+        align = None if layer.mode == "nearest" else False
+        return nn.Upsample(scale_factor=tuple(float(f) for f in layer.stride), mode=layer.mode, align_corners=align)
+    if kind == "pad":
+        return Pad(list(layer.pads), layer.mode)
+    if kind == "crop":
+        return CentreCrop(list(layer.crop))
+    if kind == "norm":
+        return _norm(layer.mode, dims, cout, layer.groups)
+    if kind == "act":
+        return _activation(layer.mode, layer.value)
+    if kind == "dropout":
+        return nn.Dropout(layer.value)
+    if kind == "final":
+        return FINAL[layer.mode]()
+    if kind == "mirror":
+        return MirrorPad()
+    if kind == "output_crop":
+        return OutputCrop()
+    return None
+
+
+def _norm(kind: str, dims: int, channels: int, groups: int) -> nn.Module:
+    """Every norm has a learned scale and shift (``affine``), as the plan's parameter counts say."""
     if kind == "batch":
-        return BATCH_NORM[dims]
+        return BATCH_NORM[dims](channels)
     if kind == "instance":
-        return lambda channels: INSTANCE_NORM[dims](channels, affine=True)
-    if kind == "group":
-        return lambda channels: nn.GroupNorm(groups, channels)
-    if kind == "layer":
-        return lambda channels: nn.GroupNorm(1, channels)
-    raise ValueError(f"unknown norm {kind!r}")
+        return INSTANCE_NORM[dims](channels, affine=True)
+    return nn.GroupNorm(groups, channels)  # group, and layer (one group)
 
 
-def activation_factory(kind: str, negative_slope: float) -> Callable[[], nn.Module]:
-    """A function ``() → activation module`` for ``activation: kind``.
-
-    Activations that can overwrite their input do (``inplace=True``, as hand-written U-Nets do): the map they read
-    is the norm's or the convolution's output, which nothing else reads, and a new map of the paper network's
-    first level is 83 MB whose pages the system must supply afresh on every pass (measured: 7% of a 572×572 pass).
-    Autograd supports each of them in place (``negative_slope`` is never negative). GELU and PReLU have no in-place
-    form. :func:`unetgen.cost.estimate` counts exactly the kinds in ``cost.IN_PLACE_ACTIVATIONS`` as in place.
+def _activation(kind: str, negative_slope: float) -> nn.Module:
+    """Activations that can overwrite their input do (``inplace=True``, as hand-written U-Nets do): the map they read
+    is the norm's or the convolution's output, which nothing else reads, and a new map is memory the system must
+    supply afresh on every pass. The plan (``IN_PLACE_ACTIVATIONS``) and the costs count exactly these as in place.
     """
     table: dict[str, Callable[[], nn.Module]] = {
         "relu": lambda: nn.ReLU(inplace=True),
@@ -64,7 +90,26 @@ def activation_factory(kind: str, negative_slope: float) -> Callable[[], nn.Modu
         "silu": lambda: nn.SiLU(inplace=True),
         "prelu": nn.PReLU,
     }
-    return table[kind]
+    return table[kind]()
+
+
+def modules_under(layers: tuple[Layer, ...], prefix: str, dims: int) -> OrderedDict[str, nn.Module]:
+    """The modules of the layers whose names start with ``prefix``, named by the rest of their names."""
+    result: OrderedDict[str, nn.Module] = OrderedDict()
+    for layer in layers:
+        if layer.name.startswith(prefix) and "." not in layer.name[len(prefix):]:
+            module = make_module(layer, dims)
+            if module is not None:
+                result[layer.name[len(prefix):]] = module
+    return result
+
+
+def own_module(layers: tuple[Layer, ...], name: str, dims: int) -> nn.Module | None:
+    """The module of the layer called ``name``, or None when the plan has no such layer."""
+    for layer in layers:
+        if layer.name == name:
+            return make_module(layer, dims)
+    return None
 
 
 def crop(x: torch.Tensor, margins: List[Tuple[int, int]]) -> torch.Tensor:
@@ -114,69 +159,29 @@ class Pad(nn.Module):
         return f"pads={self.flat}, mode={self.mode!r}"
 
 
-def conv_stack(
-    cin: int,
-    widths: tuple[int, ...],
-    *,
-    conv: type[nn.Module],
-    kernel: tuple[int, ...],
-    padded: bool,
-    padding_mode: str,
-    bias: bool,
-    norm: Factory | None,
-    activation: Callable[[], nn.Module],
-    last_activation: bool = True,
-) -> OrderedDict[str, nn.Module]:
-    """``conv{i} → norm{i} → act{i}`` for each width, named for the state dict."""
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for index, width in enumerate(widths):
-        padding = tuple((k - 1) // 2 for k in kernel) if padded else 0
-        layers[f"conv{index}"] = conv(cin, width, kernel, padding=padding, padding_mode=padding_mode, bias=bias)
-        if norm is not None:
-            layers[f"norm{index}"] = norm(width)
-        if last_activation or index < len(widths) - 1:
-            layers[f"act{index}"] = activation()
-        cin = width
-    return layers
-
-
 class ConvBlock(nn.Sequential):
     """``n`` × [conv → norm → activation] (then dropout): the body of every level (Ronneberger et al. 2015, Fig. 1)."""
-
-    def __init__(self, layers: OrderedDict[str, nn.Module], dropout: float = 0.0) -> None:
-        """Args:
-        layers: from :func:`conv_stack`.
-        dropout: dropout rate after the block (0: none).
-        """
-        if dropout > 0:
-            layers["dropout"] = nn.Dropout(dropout)
-        super().__init__(layers)
 
 
 class ResidualBlock(nn.Module):
     """[conv → norm → act] × (n − 1) → conv → norm, plus the (projected, centre-cropped) input, → act (→ dropout)."""
 
     def __init__(
-        self,
-        body: OrderedDict[str, nn.Module],
-        projection: nn.Module | None,
-        margins: list[tuple[int, int]],
-        activation: nn.Module,
-        dropout: float = 0.0,
+        self, body: nn.Module, projection: nn.Module | None, crop: nn.Module, act: nn.Module, dropout: nn.Module | None
     ) -> None:
         """Args:
-        body: from :func:`conv_stack` with ``last_activation=False``.
+        body: conv → norm → act, …, conv → norm (no activation after the last).
         projection: a 1×1 convolution when the widths differ, else None.
-        margins: centre crop of the shortcut to the body's output (valid convolutions), from the plan.
-        activation: applied after the sum.
-        dropout: dropout rate after the block (0: none).
+        crop: centre crop of the shortcut to the body's output (valid convolutions), margins from the plan.
+        act: applied after the sum.
+        dropout: after the block, or None.
         """
         super().__init__()
-        self.body = nn.Sequential(body)
+        self.body = body
         self.projection = projection if projection is not None else nn.Identity()
-        self.crop = CentreCrop(margins)
-        self.act = activation
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.crop = crop
+        self.act = act
+        self.dropout = dropout if dropout is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.act(self.body(x) + self.crop(self.projection(x))))
@@ -184,27 +189,6 @@ class ResidualBlock(nn.Module):
 
 class UpsampleConv(nn.Sequential):
     """×f interpolation, then an f-wide convolution padded by f − 1 at the far side: exactly f times the size."""
-
-    def __init__(
-        self, cin: int, cout: int, *, factor: tuple[int, ...], interpolation: str, pad_mode: str, bias: bool
-    ) -> None:
-        """Args:
-        cin: channels in.
-        cout: channels out.
-        factor: up-sampling factor per axis (the pool factor of the level).
-        interpolation: a ``torch.nn.Upsample`` mode.
-        pad_mode: a ``torch.nn.functional.pad`` mode for the far-side pad.
-        bias: whether the convolution has a bias.
-        """
-        align = False if interpolation != "nearest" else None
-        super().__init__(
-            OrderedDict(
-                upsample=nn.Upsample(scale_factor=tuple(float(f) for f in factor), mode=interpolation,
-                                     align_corners=align),
-                pad=Pad([(0, f - 1) for f in factor], pad_mode),
-                conv=CONV[len(factor)](cin, cout, factor, bias=bias),
-            )
-        )
 
 
 class MirrorPad(nn.Module):

@@ -15,21 +15,14 @@ from torch import nn
 
 from ..planning import sizes
 from .layers import (
-    CONV,
-    CONV_TRANSPOSE,
-    FINAL,
-    INTERPOLATION,
-    MAX_POOL,
-    PAD_MODE,
     CentreCrop,
     ConvBlock,
     MirrorPad,
     OutputCrop,
     ResidualBlock,
     UpsampleConv,
-    activation_factory,
-    conv_stack,
-    norm_factory,
+    modules_under,
+    own_module,
 )
 from ..planning.limits import check_pass_fits, check_weights_fit, memory_limit
 from ..planning.plan import Plan, check_input_size, make_plan
@@ -80,74 +73,52 @@ class UNet(nn.Module):
 
     def __init__(self, plan: Plan) -> None:
         """Args:
-        plan: the plan to build (its spec gives the layer kinds; its skips give the crops).
+        plan: the plan to build: one module per planned layer (:func:`~unetgen.network.layers.make_module`),
+            gathered into the blocks the plan names.
         """
         super().__init__()
-        spec = plan.spec
-        dims = spec.spatial_dims
-        channels = spec.level_channels
-        self.spec = spec
+        dims = len(plan.input_size)
+        self.spec = plan.spec
         self.plan = plan
         self.spatial_dims = dims
-        self.same_output = spec.output == "same"
+        self.same_output = plan.same_output
         self._checked: set[tuple[object, ...]] = set()  # input shapes already checked (see check())
         # The lattice of valid core sizes per axis, as plain ints for the same-output arithmetic in forward().
         self.lattice_first: List[int] = [grid.first for grid in plan.lattices]
         self.lattice_step: List[int] = [grid.step for grid in plan.lattices]
         self.lattice_border: List[int] = [grid.border for grid in plan.lattices]
-        norm = norm_factory(spec.norm, dims, spec.norm_groups)
-        activation = activation_factory(spec.activation, spec.negative_slope)
-        pad_mode = PAD_MODE[spec.padding_mode]
-        valid = spec.padding == "valid"
+        layers = plan.layers
 
-        def block(level: int, cin: int, widths: tuple[int, ...], dropout: float) -> nn.Module:
-            kernel = spec.kernel(level)
-            common = dict(
-                conv=CONV[dims], kernel=kernel, padded=not valid, padding_mode=spec.padding_mode,
-                bias=spec.uses_conv_bias, norm=norm, activation=activation,
+        def block(prefix: str) -> nn.Module:
+            """A level's block (``…convs.``): plain layers in a row, or residual when the plan adds a shortcut."""
+            own = modules_under(layers, prefix, dims)
+            if prefix + "add" not in names:
+                return ConvBlock(own)
+            return ResidualBlock(
+                nn.Sequential(modules_under(layers, prefix + "body.", dims)),
+                own.get("projection"), own["crop"], own["act"], own.get("dropout"),
             )
-            if spec.block == "plain":
-                return ConvBlock(conv_stack(cin, widths, **common), dropout)
-            body = conv_stack(cin, widths, last_activation=False, **common)
-            projection = CONV[dims](cin, widths[-1], 1, bias=spec.uses_conv_bias) if cin != widths[-1] else None
-            shrink = [len(widths) * (k - 1) // 2 if valid else 0 for k in kernel]
-            return ResidualBlock(body, projection, [(s, s) for s in shrink], activation(), dropout)
 
-        def dropout_at(level: int) -> float:
-            if spec.dropout_at == "every_level" or (spec.dropout_at == "bottleneck" and level == spec.depth - 1):
-                return spec.dropout
-            return 0.0
-
+        names = {layer.name for layer in layers}
         levels = []
-        for level in range(spec.depth):
-            cin = spec.in_channels if level == 0 else channels[level - 1]
-            pool = MAX_POOL[dims](spec.pool(level - 1)) if level > 0 else None
-            levels.append(EncoderLevel(pool, block(level, cin, spec.conv_widths(level), dropout_at(level))))
+        for level in range(plan.depth):
+            name = sizes.level_name(level, plan.depth)
+            pool = own_module(layers, f"{name}.pool", dims)
+            levels.append(EncoderLevel(pool, block(f"{name}.convs.")))
         self.encoder = nn.ModuleList(levels[:-1])
         self.bottleneck = levels[-1]
         # Deepest level first: the order the decoder runs in; the keys still name the levels.
         decoder: dict[str, nn.Module] = {}
-        below = channels[-1]
         for skip in plan.skips:
-            level = skip.level
-            factor = spec.pool(level)
-            cup = channels[level] if spec.up_channels == "halve" else below
-            if spec.upsampling == "transpose":
-                up: nn.Module = CONV_TRANSPOSE[dims](below, cup, factor, stride=factor, bias=spec.up_bias)
-            else:
-                up = UpsampleConv(
-                    below, cup, factor=factor, interpolation=INTERPOLATION[spec.interpolation][dims],
-                    pad_mode=pad_mode, bias=spec.up_bias,
-                )
-            crop = CentreCrop([(c, c) for c in skip.crop])
-            widths = (channels[level],) * spec.convs_per_level
-            decoder[str(level)] = DecoderLevel(up, crop, block(level, channels[level] + cup, widths, dropout_at(level)))
-            below = channels[level]
+            prefix = f"decoder.{skip.level}"
+            up = own_module(layers, f"{prefix}.up", dims) or UpsampleConv(modules_under(layers, f"{prefix}.up.", dims))
+            crop = own_module(layers, f"{prefix}.crop", dims)
+            decoder[str(skip.level)] = DecoderLevel(up, crop, block(f"{prefix}.convs."))
         self.decoder = nn.ModuleDict(decoder)
-        self.head = CONV[dims](channels[0], spec.out_channels, 1)
+        self.head = own_module(layers, "head", dims)
         self.pad_input = MirrorPad()
         self.crop_output = OutputCrop()
-        self.final = FINAL[spec.final_activation]() if spec.final_activation != "none" else nn.Identity()
+        self.final = own_module(layers, "final", dims) or nn.Identity()
 
     @torch.jit.unused
     def check(self, x: torch.Tensor) -> None:
@@ -186,7 +157,7 @@ class UNet(nn.Module):
         rounds: List[List[int]] = []
         if self.same_output:
             rounds, margins = self._same_output(x)
-        x = self._run(x, rounds)
+        x = self._run(x, rounds, self.same_output)
         if self.same_output:
             x = self.crop_output(x, margins)
         return self.final(x)
@@ -195,12 +166,12 @@ class UNet(nn.Module):
         """The network without the mirroring and the output crop of ``output: same``: a valid network that takes the
         sizes of ``plan.lattices`` and returns its output less ``plan.border`` per side (the final activation
         included). For every network this is what ``forward`` runs on the mirrored input."""
-        return self._run(x, [])
+        return self._run(x, [], False)
 
-    def _run(self, x: torch.Tensor, rounds: List[List[int]]) -> torch.Tensor:
-        """Mirror by ``rounds`` (none: the core), then the core network. The mirrored input is this frame's
+    def _run(self, x: torch.Tensor, rounds: List[List[int]], mirror: bool) -> torch.Tensor:
+        """Mirror by ``rounds`` (when ``mirror``), then the core network. The mirrored input is this frame's
         alone, so it is released once the first level has used it."""
-        if len(rounds) > 0:
+        if mirror:
             x = self.pad_input(x, rounds)
         skips: List[torch.Tensor] = []
         for level in self.encoder:

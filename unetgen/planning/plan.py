@@ -180,6 +180,11 @@ class Plan:
     core: bool = True
 
     @property
+    def depth(self) -> int:
+        """Resolution levels, bottleneck included."""
+        return len(self.skips) + 1
+
+    @property
     def layers(self) -> tuple[Layer, ...]:
         """Every layer, in the order the network runs them."""
         return tuple(layer for block in self.blocks for layer in block.layers)
