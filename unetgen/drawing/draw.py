@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UNetGenError
-from ..planning.plan import Plan, make_plan
+from ..planning.plan import Layer, Plan, make_plan
 from ..planning.sizes import level_name
 from ..spec.fields import UNetSpec, load_spec
 
@@ -204,7 +204,8 @@ class _Figure:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.spec = plan.spec
-        self.dims = self.spec.spatial_dims
+        self.dims = len(plan.input_size)
+        self.layers = plan.layers
         self.levels = self._levels()
         self._heights()
         self._place_x()
@@ -213,24 +214,25 @@ class _Figure:
     # --- what to draw ------------------------------------------------------------------------------------------
 
     def _levels(self) -> list[_Level]:
-        plan, spec = self.plan, self.spec
-        depth = spec.depth
+        plan = self.plan
+        depth = plan.depth
+        cin = plan.input_shape[0]
         levels = [_Level() for _ in range(depth)]
         first = levels[0].encoder
         if any(a or b for a, b in plan.mirror):
             pads = list(dict.fromkeys(f"{a}+{b}" for a, b in plan.mirror))  # per axis, once if all alike
-            first.append(_Bar(spec.in_channels, plan.input_size, "input", str(spec.in_channels), caption="input"))
+            first.append(_Bar(cin, plan.input_size, "input", str(cin), caption="input"))
             first.append(
                 _Bar(
-                    spec.in_channels,
+                    cin,
                     plan.core_input_size,
                     "input",
-                    str(spec.in_channels),
+                    str(cin),
                     arrow=("mirror", "mirror " + ", ".join(pads)),
                 )
             )
         else:
-            first.append(_Bar(spec.in_channels, plan.core_input_size, "input", str(spec.in_channels), caption="input"))
+            first.append(_Bar(cin, plan.core_input_size, "input", str(cin), caption="input"))
         encoder = [plan.block(level_name(level, depth)).shape for level in range(depth)]
         for level, out in enumerate(encoder):
             bars = levels[level].encoder
@@ -238,9 +240,9 @@ class _Figure:
                 start = plan.core_input_size
             else:  # the max-pooled map, without a channel label, as in the paper
                 above = encoder[level - 1]
-                start = tuple(s // f for s, f in zip(above[1:], spec.pool(level - 1)))
+                start = plan.layer(f"{level_name(level, depth)}.pool").shape[1:]
                 bars.append(_Bar(above[0], start, "map", None))
-            widths = spec.conv_widths(level)
+            widths = [conv.shape[0] for conv in self._convs(level_name(level, depth))]
             for width, size in zip(widths, _steps(start, out[1:], len(widths))):
                 bars.append(_Bar(width, size, "map", str(width), arrow=("conv", None)))
         for skip in plan.skips:
@@ -252,11 +254,11 @@ class _Figure:
             bars = levels[level].decoder
             bars.append(_Bar(copied[0], skip.target, "copy", str(copied[0] + up[0])))  # labelled with the concat
             bars.append(_Bar(up[0], skip.target, "map", None))
-            for size in _steps(skip.target, out[1:], spec.convs_per_level):
+            for size in _steps(skip.target, out[1:], len(self._convs(f"decoder.{level}.convs"))):
                 bars.append(_Bar(out[0], size, "map", str(out[0]), arrow=("conv", None)))
         head = plan.block("head").shape
         tail = levels[0].decoder if depth > 1 else levels[0].encoder
-        caption = "output" if spec.final_activation == "none" else f"output ({spec.final_activation})"
+        caption = "output" if plan.final_activation == "none" else f"output ({plan.final_activation})"
         crop_words = None
         if any(a or b for a, b in plan.output_crop):
             crop_words = "crop " + ", ".join(dict.fromkeys(f"{a}+{b}" for a, b in plan.output_crop))
@@ -270,6 +272,15 @@ class _Figure:
             bars = levels[level].decoder if level < depth - 1 else levels[level].encoder
             bars[-1].label_left = True
         return levels
+
+    def _convs(self, block: str) -> list[Layer]:
+        """The block's convolutions in a row (not a residual block's projection)."""
+        return [layer for layer in self.plan.block(block).layers
+                if layer.kind == "conv" and not layer.name.endswith("projection")]
+
+    def _first(self, kind: str) -> Layer | None:
+        """The first layer of a kind, or None."""
+        return next((layer for layer in self.layers if layer.kind == kind), None)
 
     def _bars(self) -> list[_Bar]:
         return [bar for level in self.levels for bar in (*level.encoder, *level.decoder)]
@@ -323,7 +334,7 @@ class _Figure:
                 short = max(short, need - have)
             if short <= 0:
                 return
-            stretch += short / self.spec.convs_per_level
+            stretch += short / len(self._convs(level_name(0, self.plan.depth)))
 
     def _place_x_once(self, stretch: float) -> None:
         def run(bars: list[_Bar], extra: float = 0.0) -> None:
@@ -362,21 +373,24 @@ class _Figure:
     # --- SVG ---------------------------------------------------------------------------------------------------
 
     def _words(self) -> dict[str, str]:
-        """Legend text per operation, from the spec."""
-        spec, dims, depth = self.spec, self.dims, self.spec.depth
-        kernel = _per_level([spec.kernel(level) for level in range(depth)])
-        pool = _per_level([spec.pool(level) for level in range(depth - 1)])
-        pad = spec.padding + (f" ({spec.padding_mode})" if spec.padding == "same" else "")
-        norm = f", {spec.norm} norm" if spec.norm != "none" else ""
-        activation = _ACTIVATIONS.get(spec.activation, spec.activation)
-        if spec.activation == "leaky_relu":
-            activation += f" {spec.negative_slope:g}"
-        residual = " (residual block)" if spec.block == "residual" else ""
-        if spec.upsampling == "transpose":
+        """Legend text per operation, from the plan's layers."""
+        plan, dims, depth = self.plan, self.dims, self.plan.depth
+        names = [level_name(level, depth) for level in range(depth)]
+        kernel = _per_level([self._convs(name)[0].kernel for name in names])
+        pool = _per_level([plan.layer(f"{name}.pool").stride for name in names[1:]])
+        conv = self._convs(names[0])[0]
+        pad = f"same ({conv.mode})" if conv.pads_anything else "valid"
+        norm_layer, act_layer = self._first("norm"), self._first("act")
+        norm = f", {norm_layer.mode} norm" if norm_layer else ""
+        activation = _ACTIVATIONS.get(act_layer.mode, act_layer.mode) if act_layer else ""
+        if act_layer and act_layer.mode == "leaky_relu":
+            activation += f" {act_layer.value:g}"
+        residual = " (residual block)" if self._first("add") else ""
+        upsample = self._first("upsample")
+        if upsample is None:
             up = f"up-conv {pool}, transposed"
         else:
-            mode = "nearest" if spec.interpolation == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
-            up = f"up-sample ({mode}), conv {pool}"
+            up = f"up-sample ({upsample.mode}), conv {pool}"
         cropped = any(any(level.crop) for level in self.levels)
         words = {
             "conv": f"conv {kernel} {pad}{norm}, {activation}{residual}",
@@ -408,16 +422,20 @@ class _Figure:
                 "normal",
             )
         )
-        options = [f"depth {spec.depth}", f"padding {spec.padding}"]
-        if spec.depth > 1:
-            options.append(f"up-sampling {spec.upsampling}")
-        options += [f"norm {spec.norm}", f"output {spec.output}"]
-        if spec.block != "plain":
-            options.append(f"{spec.block} blocks")
-        if spec.dropout_at != "none":
-            options.append(f"dropout {spec.dropout:g} ({spec.dropout_at.replace('_', ' ')})")
-        if spec.final_activation != "none":
-            options.append(f"final {spec.final_activation}")
+        padded = any(layer.kind == "conv" and layer.pads_anything for layer in self.layers)
+        norm_layer = self._first("norm")
+        options = [f"depth {plan.depth}", f"padding {'same' if padded else 'valid'}"]
+        if plan.depth > 1:
+            options.append(f"up-sampling {'upsample_conv' if self._first('upsample') else 'transpose'}")
+        options += [f"norm {norm_layer.mode if norm_layer else 'none'}", f"output {'same' if plan.same_output else 'crop'}"]
+        if self._first("add"):
+            options.append("residual blocks")
+        dropouts = [layer for layer in self.layers if layer.kind == "dropout"]
+        if dropouts:
+            where = "bottleneck" if len(dropouts) == 1 and dropouts[0].name.startswith("bottleneck") else "every level"
+            options.append(f"dropout {dropouts[0].value:g} ({where})")
+        if plan.final_activation != "none":
+            options.append(f"final {plan.final_activation}")
         lines.append((" · ".join(options), 12, "normal"))
         return lines
 
