@@ -25,6 +25,7 @@ import onnxruntime as ort
 import torch
 
 import unetgen
+from unetgen.export.contract import INPUT_NAME
 
 
 def _cpu() -> str:
@@ -74,7 +75,7 @@ def main() -> None:
                 if name == "torch":
                     y_torch = model(x_torch).numpy()
                 else:
-                    (y_ort,) = session.run(None, {"image": x})
+                    (y_ort,) = session.run(None, {INPUT_NAME: x})
                 if round_ >= warmup:
                     times[name].append(time.perf_counter() - started)
     relative = float(np.abs(y_ort - y_torch).max() / np.abs(y_torch).max())

@@ -29,10 +29,13 @@ import unetgen
 from unetgen.planning import sizes
 from unetgen.cli import main
 from unetgen.errors import ExportError, SizeError
-from unetgen.export.writer import TOLERANCE, ExportReport, _same_output_arithmetic, _same_output_minimum, _SameOutputForExport
-from unetgen.export.reader import AxisRule, OnnxInfo
+from unetgen.export.contract import AxisRule
+from unetgen.export.reader import OnnxInfo
+from unetgen.export.writer import (
+    TOLERANCE, ExportReport, _same_output_arithmetic, _same_output_minimum, _SameOutputForExport,
+)
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+ONNX_DOC = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text(encoding="utf-8")
 
 
 def _small(spec: unetgen.UNetSpec) -> unetgen.UNetSpec:
@@ -247,7 +250,7 @@ def _disk_full(*args, **kwargs):
     ("where", "failure", "raised"),
     [
         ("unetgen.export.writer._check_shapes", _interrupt, KeyboardInterrupt),  # interrupted once the file is staged
-        ("unetgen.export.writer._Stage.write", _disk_full, ExportError),  # the disk fills up while staging
+        ("unetgen.export.writer._save", _disk_full, ExportError),  # the disk fills up while staging
     ],
 )
 def test_interrupted_or_failed_write_leaves_no_file(tmp_path, monkeypatch, where, failure, raised):
@@ -381,27 +384,27 @@ def _masked(text: str) -> str:
     return re.sub(r" in \d+\.\d s$", " in # s", text, flags=re.M)
 
 
-def _readme_block(command: str) -> str:
-    start = README.index(f"$ {command}\n") + len(command) + 3
-    return README[start : README.index("```", start)]
+def _doc_block(command: str) -> str:
+    start = ONNX_DOC.index(f"$ {command}\n") + len(command) + 3
+    return ONNX_DOC[start : ONNX_DOC.index("```", start)]
 
 
 def test_paper_full_size_cli(background, monkeypatch, capsys):
-    """`unetgen export --onnx` exports the full paper network to paper.onnx; README shows the real output."""
+    """`unetgen export --onnx` exports the full paper network to paper.onnx; docs/onnx.md shows the real output."""
     out, err = background.paper.communicate()
     assert background.paper.returncode == 0, err
     monkeypatch.chdir(background.paper_folder)
     assert _files(Path(".")) == ["paper.onnx"]
     assert "1×1×572×572 → 1×2×388×388" in out and out.count(" ok\n") == 3
-    assert _masked(out) == _masked(_readme_block("unetgen export --onnx"))
+    assert _masked(out) == _masked(_doc_block("unetgen export --onnx"))
 
     assert main(["inspect", "paper.onnx"]) == 0
-    assert capsys.readouterr().out == _readme_block("unetgen inspect paper.onnx")
+    assert capsys.readouterr().out == _doc_block("unetgen inspect paper.onnx")
 
-    # The README's "running the file" example runs and prints what it claims.
-    start = README.index("```python\n", README.index("## Export to ONNX")) + len("```python\n")
-    code = README[start : README.index("```", start)]
-    exec(compile(code, "README.md", "exec"), {})
+    # docs/onnx.md's "running the file" example runs and prints what it claims.
+    start = ONNX_DOC.index("```python\n", ONNX_DOC.index("## Running the file")) + len("```python\n")
+    code = ONNX_DOC[start : ONNX_DOC.index("```", start)]
+    exec(compile(code, "docs/onnx.md", "exec"), {})
     claimed = [line.split("# ")[-1] for line in code.splitlines() if "print(" in line]
     assert capsys.readouterr().out.splitlines() == claimed
 

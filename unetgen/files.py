@@ -1,11 +1,17 @@
-"""Writing files atomically: a failed or interrupted write never leaves a half-written file or damages an old one."""
+"""Writing files atomically: a failed or interrupted write never leaves a half-written file or damages an old one.
+
+Every file unetgen writes goes through here: one file through :func:`atomic_write` (checkpoints, images, drawings),
+several that belong together through :func:`staging` (an ONNX model and its external weights, checked before they
+replace anything).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,6 +20,7 @@ from .errors import UNetGenError
 
 @contextlib.contextmanager
 def _temporary_beside(path: Path) -> Iterator[tuple[BinaryIO, str]]:
+    """A new temporary file in ``path``'s folder, removed if the block fails."""
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         yield handle, handle.name
@@ -32,6 +39,14 @@ def _new_file_mode(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+def _fsync_and_replace(source: str | Path, target: Path) -> None:
+    """Flush ``source`` to disk, give it the mode ``target`` has (or a new file would have), move it onto ``target``."""
+    with open(source, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.chmod(source, _new_file_mode(target))
+    os.replace(source, target)
 
 
 def check_target(path: str | Path) -> Path:
@@ -63,7 +78,27 @@ def check_target(path: str | Path) -> Path:
     return path
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+@contextlib.contextmanager
+def writing(path: Path, error: type[UNetGenError] = UNetGenError) -> Iterator[None]:
+    """Turn a failed write (no permission, a read-only file system, a full disk) into one line: the old file at
+    ``path`` is intact.
+
+    Args:
+        path: the file being written, for the message.
+        error: the error class to raise (a subclass of :class:`~unetgen.errors.UNetGenError`).
+
+    Raises:
+        UNetGenError: ``error``, for any ``OSError`` in the block.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise error(f"{path}: cannot write: {exc.strerror or exc}; the file was not changed") from None
+
+
+def atomic_write(
+    path: str | Path, write: Callable[[BinaryIO], None], *, error: type[UNetGenError] = UNetGenError
+) -> Path:
     """Write a file through ``write(handle)``, then move it into place in one step.
 
     The data goes to a temporary file in the same folder, is flushed to disk, and replaces ``path`` with
@@ -73,6 +108,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     Args:
         path: the file to write.
         write: called with a binary file handle.
+        error: the error class for a failed write (default :class:`~unetgen.errors.UNetGenError`).
 
     Returns:
         The path written.
@@ -82,14 +118,77 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             permission or the like (any ``OSError``, from the file system or from ``write``).
     """
     path = check_target(path)
-    try:
-        with _temporary_beside(path) as (handle, name):
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.chmod(name, _new_file_mode(path))
-            os.replace(name, path)
-    except OSError as exc:  # no permission, a read-only file system, a full disk: the old file is intact
-        raise UNetGenError(f"{path}: cannot write: {exc.strerror or exc}; the file was not changed") from None
+    with writing(path, error), _temporary_beside(path) as (handle, name):
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        os.chmod(name, _new_file_mode(path))
+        os.replace(name, path)
     return path
+
+
+class Staging:
+    """A private folder beside a target where files are written, and checked, before they replace anything.
+
+    Attributes:
+        target: the main file the staged files are for (named in messages).
+        folder: the private folder (removed when :func:`staging` ends).
+        error: the error class for a failed write.
+    """
+
+    def __init__(self, target: Path, folder: Path, error: type[UNetGenError]) -> None:
+        """Args:
+        target: the main file.
+        folder: the private folder, already made.
+        error: the error class for a failed write.
+        """
+        self.target = target
+        self.folder = folder
+        self.error = error
+
+    def path(self, name: str) -> Path:
+        """Where to write the staged file ``name``."""
+        return self.folder / name
+
+    def commit(self, moves: Sequence[tuple[str, Path]]) -> None:
+        """Move staged files into place, in order, each flushed to disk and moved with one ``os.replace``.
+
+        Put the file that refers to the others last (an ONNX model after its weights, under new names): an
+        interruption then leaves the old file pointing at its own data, or the new one at the new data.
+
+        Args:
+            moves: ``(staged name, destination)`` pairs, destinations in the target's folder.
+
+        Raises:
+            UNetGenError: ``error``, when a move fails (the target is then as it was, or the new file complete).
+        """
+        with writing(self.target, self.error):
+            for name, destination in moves:
+                _fsync_and_replace(self.folder / name, destination)
+
+
+@contextlib.contextmanager
+def staging(target: str | Path, error: type[UNetGenError] = UNetGenError) -> Iterator[Staging]:
+    """A private folder beside ``target`` for files until they are committed; removed in any case.
+
+    Args:
+        target: the main file to be written (its folder must be writable: see :func:`check_target`).
+        error: the error class for a failed write.
+
+    Yields:
+        The :class:`Staging`; write into ``stage.path(name)`` inside :func:`writing`, then ``stage.commit``.
+
+    Raises:
+        UNetGenError: ``error``, when the folder cannot be made.
+    """
+    target = check_target(target)
+    with writing(target, error):
+        folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield Staging(target, folder, error)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+__all__ = ["check_target", "writing", "atomic_write", "Staging", "staging"]

@@ -1,63 +1,30 @@
-"""Running an exported ONNX file: its metadata read back, and an onnxruntime session that checks sizes first.
+"""Reading a unetgen ONNX file: its metadata read back, and an onnxruntime session that checks sizes first.
 
 onnxruntime does not know a U-Net's size rules: a size off the lattice fails deep inside a ``Concat`` (or, with
 some exporters, returns a map of the wrong size without a word). :func:`onnx_session` reads the spec and the size
-rules that :func:`unetgen.export.export_onnx` wrote into the file, rebuilds the spec, and refuses such a size with
-the plan's own message (:func:`unetgen.plan.check_input_size`) before onnxruntime sees it. No torch needed.
+rules that :func:`unetgen.export_onnx` wrote into the file (the format: :mod:`unetgen.export.contract`), rebuilds
+the spec, and refuses such a size with the plan's own message (:func:`unetgen.check_input_size`) before
+onnxruntime sees it. No torch needed.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
-from ..text import human_bytes
 from ..errors import ExportError, SizeError, UNetGenError
-from ..planning.plan import check_input_size
+from ..planning.plan import Plan, check_input_size, make_plan
 from ..spec.fields import UNetSpec, spec_from_dict
-
-log = logging.getLogger(__name__)
-
-INPUT_NAME = "image"
-#: The opset written by default: the lowest that torch's exporter writes natively (older ones go through a
-#: version converter that can fail), run by onnxruntime ≥ 1.14 and most current runtimes.
-DEFAULT_OPSET = 18
-
-
-def output_name(spec: UNetSpec) -> str:
-    """The graph output's name: ``logits``, or ``probabilities`` after a final sigmoid or softmax."""
-    return "logits" if spec.final_activation == "none" else "probabilities"
-
-
-@dataclass(frozen=True)
-class AxisRule:
-    """What one spatial axis of an exported file takes.
-
-    Attributes:
-        name: the axis, as the plan names it (``height``).
-        first: the plan's smallest valid core size along the axis.
-        step: the plan's step between valid core sizes.
-        border: pixels the core consumes on each side.
-        dynamic: whether the file takes more than one size along the axis.
-        minimum: the smallest size the file takes along the axis (its one size when not dynamic).
-    """
-
-    name: str
-    first: int
-    step: int
-    border: int
-    dynamic: bool
-    minimum: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """The rule as JSON-ready data (the form stored in the file's metadata)."""
-        return dict(self.__dict__)
+from ..text import human_bytes, size_text
+from .contract import META_SIZES, META_SPEC, META_VERSION, AxisRule, SizesMetadata, shape_words, size_rule_lines
 
 
 @dataclass(frozen=True)
@@ -97,6 +64,11 @@ class OnnxInfo:
         """Whether every dimension of the file is fixed."""
         return self.batch is not None
 
+    @cached_property
+    def plan(self) -> Plan:
+        """The network's plan at the export size."""
+        return make_plan(self.spec, self.export_size)
+
     def check(self, shape: Sequence[int]) -> None:
         """Raise a clear error unless the file takes an input of ``shape``.
 
@@ -123,12 +95,12 @@ class OnnxInfo:
             raise SizeError(f"input has shape {shape}: a batch of {shape[0]}; give at least one image")
         size = shape[2:]
         check_input_size(spec, size)
-        shown = f"input {format_size(size)}"
+        shown = f"input {size_text(size)}"
         if self.static:
             if shape[0] != self.batch or size != self.export_size:
                 raise SizeError(
-                    f"input {format_size(shape)}: {self.path.name} has fixed shapes and takes only "
-                    f"{format_size((self.batch, spec.in_channels, *self.export_size))}; export again with "
+                    f"input {size_text(shape)}: {self.path.name} has fixed shapes and takes only "
+                    f"{size_text((self.batch, spec.in_channels, *self.export_size))}; export again with "
                     f"--static --input-size {' '.join(map(str, size))}, or without --static for dynamic sizes"
                 )
             return
@@ -154,12 +126,12 @@ class OnnxInfo:
             f"{self.path.name}: ONNX {opset}, {human_bytes(self.file_bytes)} ({where}), written by unetgen "
             f"{self.version}",
             f"network: {spec.name}" + (f" — {spec.description}" if spec.description else ""),
-            f"input  {self.input_name:<13} float32 {shape_words(spec, self.axes, self.batch, output=False)}",
-            f"output {self.output_name:<13} float32 {shape_words(spec, self.axes, self.batch, output=True)}",
-            f"sizes ({'static' if self.static else 'dynamic'} shapes, exported at {format_size(self.export_size)}):",
+            f"input  {self.input_name:<13} float32 {shape_words(self.plan, self.axes, self.batch, output=False)}",
+            f"output {self.output_name:<13} float32 {shape_words(self.plan, self.axes, self.batch, output=True)}",
+            f"sizes ({'static' if self.static else 'dynamic'} shapes, exported at {size_text(self.export_size)}):",
         ]
-        lines += [f"  {line}" for line in size_rule_lines(spec, self.axes, self.static)]
-        lines.append("spec (metadata 'unetgen.spec'; the fields that differ from the defaults):")
+        lines += [f"  {line}" for line in size_rule_lines(self.plan, self.axes, self.static)]
+        lines.append(f"spec (metadata '{META_SPEC}'; the fields that differ from the defaults):")
         changed = spec.model_dump(mode="json", exclude_defaults=True)
         lines += [
             f"  {key}: {value if isinstance(value, str) else json.dumps(value)}" for key, value in changed.items()
@@ -197,8 +169,6 @@ def read_onnx_info(path: str | Path) -> OnnxInfo:
         ExportError: when the file is missing, not ONNX, or has no (or broken) unetgen metadata.
         SpecError: when the spec in the metadata is not valid for this unetgen.
     """
-    import onnx
-
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
@@ -208,21 +178,17 @@ def read_onnx_info(path: str | Path) -> OnnxInfo:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{path}: not an ONNX file ({first}); write one with 'unetgen export SPEC --onnx'") from None
     props = {entry.key: entry.value for entry in model.metadata_props}
-    if "unetgen.spec" not in props or "unetgen.sizes" not in props:
+    if META_SPEC not in props or META_SIZES not in props:
         raise ExportError(
-            f"{path}: an ONNX file without unetgen's metadata (unetgen.spec, unetgen.sizes); only files written by "
+            f"{path}: an ONNX file without unetgen's metadata ({META_SPEC}, {META_SIZES}); only files written by "
             "'unetgen export' carry the size rules"
         )
     try:
-        spec_data = json.loads(props["unetgen.spec"])
-        sizes = json.loads(props["unetgen.sizes"])
-        axes = tuple(AxisRule(**rule) for rule in sizes["axes"])
-        batch = sizes["batch"]
-        export_size = tuple(int(s) for s in sizes["export_size"])
-        input_name, output = str(sizes["input"]), str(sizes["output"])
+        spec_data = json.loads(props[META_SPEC])
+        sizes = SizesMetadata.from_json(props[META_SIZES])
     except (ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"{path}: unetgen metadata is damaged ({type(exc).__name__}: {exc})") from None
-    spec = spec_from_dict(spec_data, source=f"{path} (metadata unetgen.spec)")
+    spec = spec_from_dict(spec_data, source=f"{path} (metadata {META_SPEC})")
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
     locations = sorted(
         {entry.value for tensor in model.graph.initializer for entry in tensor.external_data if entry.key == "location"}
@@ -231,9 +197,9 @@ def read_onnx_info(path: str | Path) -> OnnxInfo:
         (path.parent / name).stat().st_size for name in locations if (path.parent / name).is_file()
     )
     return OnnxInfo(
-        path=path, spec=spec, version=props.get("unetgen.version", "unknown"), opset=opset, input_name=input_name,
-        output_name=output, batch=batch, export_size=export_size, axes=axes, external_data=tuple(locations),
-        file_bytes=file_bytes, metadata=props,
+        path=path, spec=spec, version=props.get(META_VERSION, "unknown"), opset=opset, input_name=sizes.input,
+        output_name=sizes.output, batch=sizes.batch, export_size=sizes.export_size, axes=sizes.axes,
+        external_data=tuple(locations), file_bytes=file_bytes, metadata=props,
     )
 
 
@@ -305,8 +271,6 @@ def onnx_session(
         ExportError: when the file is missing, not ONNX or not written by unetgen.
         SpecError: when the spec in its metadata is not valid.
     """
-    import onnxruntime as ort
-
     info = read_onnx_info(path)
     options = ort.SessionOptions()
     if threads is not None:
@@ -317,81 +281,4 @@ def onnx_session(
     return OnnxSession(info, session)
 
 
-def size_rule_lines(spec: UNetSpec, axes: Sequence[AxisRule], static: bool) -> list[str]:
-    """A file's size rules in words: valid sizes per axis, minimum, border.
-
-    Args:
-        spec: the network.
-        axes: the file's rules per axis.
-        static: whether the file has fixed shapes.
-
-    Returns:
-        One line per rule.
-    """
-    if static:
-        fixed = format_size([a.minimum for a in axes])
-        return [f"fixed size {fixed}: the file takes no other (exported with --static)"]
-    lines = []
-    for rule in axes:
-        head = f"{rule.name}: " if len(axes) > 1 else ""
-        if not rule.dynamic:
-            lines.append(f"{head}fixed at {rule.minimum} (torch.export specialised this axis)")
-        elif spec.output == "same":
-            lines.append(f"{head}any size from {rule.minimum}; output = input (mirrored onto {_lattice(rule)})")
-        else:
-            lines.append(
-                f"{head}{_lattice(rule)} from {rule.minimum}; border {rule.border} per side: "
-                f"output = input − {2 * rule.border}"
-            )
-    return lines
-
-
-def shape_words(spec: UNetSpec, axes: Sequence[AxisRule], batch: int | None, *, output: bool) -> str:
-    """A graph input's or output's shape in words: ``[batch, 1, height = 188+16k, width = 188+16k]``.
-
-    Args:
-        spec: the network.
-        axes: the file's rules per axis.
-        batch: the fixed batch size, or None when dynamic.
-        output: the output's shape rather than the input's.
-
-    Returns:
-        The shape, bracketed.
-    """
-    dims: list[str] = [str(batch) if batch is not None else "batch"]
-    dims.append(str(spec.out_channels if output else spec.in_channels))
-    for rule in axes:
-        if not rule.dynamic:
-            size = rule.minimum
-            dims.append(str(size - 2 * rule.border if output and spec.output == "crop" else size))
-        elif spec.output == "same":
-            dims.append(rule.name)
-        elif output:
-            dims.append(f"{rule.name} − {2 * rule.border}" if rule.border else rule.name)
-        else:
-            dims.append(f"{rule.name} = {_lattice(rule)}")
-    return "[" + ", ".join(dims) + "]"
-
-
-def format_size(size: Sequence[Any]) -> str:
-    """``572×572``."""
-    return "×".join(str(int(s)) for s in size)
-
-
-def _lattice(rule: AxisRule) -> str:
-    return f"{rule.first}+{rule.step}k" if rule.step > 1 else f"sizes from {rule.first}"
-
-
-__all__ = [
-    "INPUT_NAME",
-    "DEFAULT_OPSET",
-    "AxisRule",
-    "OnnxInfo",
-    "OnnxSession",
-    "onnx_session",
-    "read_onnx_info",
-    "output_name",
-    "size_rule_lines",
-    "shape_words",
-    "format_size",
-]
+__all__ = ["OnnxInfo", "OnnxSession", "onnx_session", "read_onnx_info"]

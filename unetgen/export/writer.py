@@ -16,40 +16,56 @@ Sizes in the graph:
 * ``static=True`` fixes every dimension, batch included, for runtimes that need fixed shapes.
 
 Whatever torch proves is read back from the exported program and written into the file's metadata with the
-plan's size rules, so :func:`unetgen.runtime.onnx_session` can refuse a size the file cannot take.
+plan's size rules (the format: :mod:`unetgen.export.contract`), so :func:`unetgen.onnx_session` can refuse a size
+the file cannot take. The file is staged and moved into place by :func:`unetgen.files.staging`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
-import os
-import re
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
 import torch
 from torch import nn
 
-from ..version import __version__
 from ..errors import ExportError
-from ..text import human_bytes
-from ..files import atomic_write, check_target
-from ..network.unet import UNet, build
+from ..files import check_target, staging, writing
 from ..network.optimization import optimize
+from ..network.unet import UNet, build
 from ..planning.plan import Plan, make_plan
-from .reader import DEFAULT_OPSET, INPUT_NAME, AxisRule, format_size, output_name, shape_words, size_rule_lines
 from ..spec.fields import UNetSpec, load_spec
+from ..text import human_bytes, size_text
+from ..version import __version__
+from .contract import (
+    DEFAULT_OPSET,
+    DIM_NAMES,
+    INPUT_NAME,
+    META_SIZE_RULES,
+    META_SIZES,
+    META_SPEC,
+    META_VERSION,
+    AxisRule,
+    SizesMetadata,
+    external_data_name,
+    is_external_data_name,
+    output_mode,
+    output_name,
+    shape_words,
+    size_rule_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +74,6 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-4
 #: Largest model written as one self-contained file: protobuf cannot serialise 2 GiB; keep a margin for the graph.
 INLINE_LIMIT = 2**31 - 2**24
-_AXIS_IDS = {1: ("length",), 2: ("height", "width"), 3: ("axis0", "axis1", "axis2")}
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,7 @@ class SizeCheck:
 
     def describe(self) -> str:
         """One line: shapes, error and verdict."""
-        arrow = f"{format_size(self.input_shape)} → {format_size(self.expected_shape)}"
+        arrow = f"{size_text(self.input_shape)} → {size_text(self.expected_shape)}"
         if self.max_error is None:
             return f"{arrow:<30} FAILED: {self.problem}"
         relative = self.max_error / max(self.scale or 0.0, 1e-12)
@@ -141,16 +156,21 @@ class ExportReport:
         """Whether every dimension of the file is fixed."""
         return self.batch is not None
 
+    @cached_property
+    def plan(self) -> Plan:
+        """The network's plan at the export size."""
+        return make_plan(self.spec, self.input_size)
+
     def describe(self) -> str:
         """The report as the lines ``unetgen export`` prints."""
-        spec = self.spec
+        spec, plan = self.spec, self.plan
         lines = [
-            f"{spec.name}: exported at {format_size(self.input_size)} by torch.export + torch.onnx (dynamo), "
+            f"{spec.name}: exported at {size_text(self.input_size)} by torch.export + torch.onnx (dynamo), "
             f"opset {self.opset}, {'static shapes' if self.static else 'dynamic shapes'}",
-            f"input  {INPUT_NAME:<13} float32 {shape_words(spec, self.axes, self.batch, output=False)}",
-            f"output {output_name(spec):<13} float32 {shape_words(spec, self.axes, self.batch, output=True)}",
+            f"input  {INPUT_NAME:<13} float32 {shape_words(plan, self.axes, self.batch, output=False)}",
+            f"output {output_name(plan):<13} float32 {shape_words(plan, self.axes, self.batch, output=True)}",
         ]
-        lines += [f"  {line}" for line in size_rule_lines(spec, self.axes, self.static)]
+        lines += [f"  {line}" for line in size_rule_lines(plan, self.axes, self.static)]
         if not self.verified:
             lines.append("checks: skipped (--no-verify)")
         elif self.checks:
@@ -159,7 +179,7 @@ class ExportReport:
                 f"onnxruntime (CPU) against torch: max |Δ| / max |y| ≤ {self.tolerance:.0e} (y: torch's output)"
             )
             lines += [f"  {check.describe()}" for check in self.checks]
-        shown = {f"{format_size(c.input_shape)}: {c.problem}" for c in self.checks if not c.ok}
+        shown = {f"{size_text(c.input_shape)}: {c.problem}" for c in self.checks if not c.ok}
         lines += [f"FAILED: {error}" for error in self.errors if error not in shown]
         lines += [f"note: {note}" for note in self.notes]
         if self.path is not None:
@@ -262,7 +282,7 @@ def export_onnx(
         for rule, size in zip(axes, plan.input_size):
             if (rule.dynamic and size < rule.minimum) or (not rule.dynamic and size != rule.minimum):
                 raise ExportError(
-                    f"input {format_size(plan.input_size)}: {rule.name}: the dynamic graph takes "
+                    f"input {size_text(plan.input_size)}: {rule.name}: the dynamic graph takes "
                     + (f"sizes from {rule.minimum} up" if rule.dynamic else f"only {rule.minimum}")
                     + " along this axis (what torch.export proved); export this size with --static"
                 )
@@ -281,8 +301,7 @@ def export_onnx(
 
 
 def _check_opset(opset: int) -> None:
-    import onnx
-
+    """Refuse an opset this onnx cannot write."""
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= newest:
         raise ExportError(
@@ -312,32 +331,32 @@ def _quiet_exporter() -> Iterator[None]:
 def _export(model: UNet, plan: Plan, opset: int, static: bool, batch: int) -> tuple[Any, tuple[AxisRule, ...]]:
     """torch.export → torch.onnx; the ONNX IR model and what torch proved about each spatial axis."""
     spec = plan.spec
-    ids = _AXIS_IDS[spec.spatial_dims]
+    ids = DIM_NAMES[spec.spatial_dims]
     grids = plan.lattices
     sample = torch.zeros(batch if static else 2, spec.in_channels, *(plan.input_size if static else _sample_size(plan)))
     module: nn.Module = model
     dynamic: dict[int, Any] = {}
     if not static:
         dynamic[0] = torch.export.Dim("batch", min=1)
-        if spec.output == "same":
+        if plan.same_output:
             module = _SameOutputForExport(model)
             for axis in range(spec.spatial_dims):
                 dynamic[axis + 2] = torch.export.Dim.AUTO
         else:
             for axis, grid in enumerate(grids):
                 dynamic[axis + 2] = grid.step * torch.export.Dim(f"k_{ids[axis]}", min=0) + grid.first
-    log.info("exporting %s at %s (%s)", spec.name, format_size(sample.shape), "static" if static else "dynamic")
+    log.info("exporting %s at %s (%s)", spec.name, size_text(sample.shape), "static" if static else "dynamic")
     with _quiet_exporter():
         program = torch.export.export(module, (sample,), dynamic_shapes={"x": dynamic} if dynamic else None)
         onnx_program = torch.onnx.export(
             program, (sample,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[output_name(spec)], verbose=False, optimize=True,
+            output_names=[output_name(plan)], verbose=False, optimize=True,
         )
     axes = []
     for (name, grid), (dynamic_axis, proven) in zip(zip(plan.axis_names, grids), _proven_sizes(program, spec)):
         if not dynamic_axis:  # a static export, or an axis torch.export specialised to its sample size
             rule = AxisRule(name, grid.first, grid.step, grid.border, dynamic=False, minimum=proven)
-        elif spec.output == "same":
+        elif plan.same_output:
             lowest = max(proven, _same_output_minimum(grid))
             rule = AxisRule(name, grid.first, grid.step, grid.border, dynamic=True, minimum=lowest)
         else:
@@ -357,7 +376,7 @@ def _sample_size(plan: Plan) -> tuple[int, ...]:
     out = []
     for axis, grid in enumerate(plan.lattices):
         core = grid.first + (2 + axis) * grid.step
-        out.append(core if plan.spec.output == "crop" else max(3, core - 2 * grid.border + 1))
+        out.append(max(3, core - 2 * grid.border + 1) if plan.same_output else core)
     return tuple(out)
 
 
@@ -399,8 +418,8 @@ def _same_output_minimum(grid: Any) -> int:
 class _SameOutputForExport(nn.Module):
     """``output: same`` in operations torch.export keeps symbolic: reflected-index gathers and a branch-free crop.
 
-    Runs the wrapped network's own ``forward`` on the mirrored input (a shallow copy with ``same_output`` off, so
-    the weights are shared and the user's module is untouched), then crops its output back to the input's size.
+    Runs the wrapped network's core (:meth:`~unetgen.network.UNet.core`: its weights, no mirroring of its own) on
+    the mirrored input, then crops its output back to the input's size; the user's module is untouched.
     """
 
     def __init__(self, model: UNet) -> None:
@@ -408,9 +427,7 @@ class _SameOutputForExport(nn.Module):
         model: a network with ``output: same``.
         """
         super().__init__()
-        core = copy.copy(model)  # shares parameters and submodules; only the flag below differs
-        core.same_output = False
-        self.core = core
+        self.core = model.core()
         self.grids = [(g.first, g.step, g.border) for g in model.plan.lattices]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -436,10 +453,8 @@ class _SameOutputForExport(nn.Module):
 
 def _annotate(onnx_model: Any, plan: Plan, axes: tuple[AxisRule, ...], batch: int | None) -> None:
     """Name the dimensions and write the spec, the version and the size rules into the model's metadata."""
-    import onnx_ir as ir
-
     spec = plan.spec
-    ids = _AXIS_IDS[spec.spatial_dims]
+    ids = DIM_NAMES[spec.spatial_dims]
     graph = onnx_model.graph
     batch_dim: Any = batch if batch is not None else ir.SymbolicDim("batch")
     ins, outs = [], []
@@ -447,35 +462,30 @@ def _annotate(onnx_model: Any, plan: Plan, axes: tuple[AxisRule, ...], batch: in
         if not rule.dynamic:
             size = rule.minimum
             ins.append(size)
-            outs.append(size if spec.output == "same" else size - 2 * rule.border)
-        elif spec.output == "same":
+            outs.append(size if plan.same_output else size - 2 * rule.border)
+        elif plan.same_output:
             ins.append(ir.SymbolicDim(ids[axis]))
             outs.append(ir.SymbolicDim(ids[axis]))
         else:
             k = f"k_{ids[axis]}"
             ins.append(ir.SymbolicDim(f"{rule.step}*{k} + {rule.first}"))
             outs.append(ir.SymbolicDim(f"{rule.step}*{k} + {rule.first - 2 * rule.border}"))
-    graph.inputs[0].shape = ir.Shape([batch_dim, spec.in_channels, *ins])
-    graph.outputs[0].shape = ir.Shape([batch_dim, spec.out_channels, *outs])
-    sizes = {
-        "input": INPUT_NAME,
-        "output": output_name(spec),
-        "shapes": "dynamic" if batch is None else "static",
-        "batch": batch,
-        "output_mode": spec.output,
-        "export_size": list(plan.input_size),
-        "axes": [rule.to_dict() for rule in axes],
-    }
+    graph.inputs[0].shape = ir.Shape([batch_dim, plan.input_shape[0], *ins])
+    graph.outputs[0].shape = ir.Shape([batch_dim, plan.output_shape[0], *outs])
+    sizes = SizesMetadata(
+        input=INPUT_NAME, output=output_name(plan), batch=batch, output_mode=output_mode(plan),
+        export_size=plan.input_size, axes=axes,
+    )
     props = onnx_model.metadata_props
-    props["unetgen.version"] = __version__
-    props["unetgen.spec"] = json.dumps(spec.model_dump(mode="json"), separators=(",", ":"))
-    props["unetgen.sizes"] = json.dumps(sizes, separators=(",", ":"))
-    props["unetgen.size_rules"] = "; ".join(size_rule_lines(spec, axes, batch is not None))
+    props[META_VERSION] = __version__
+    props[META_SPEC] = json.dumps(spec.model_dump(mode="json"), separators=(",", ":"))
+    props[META_SIZES] = sizes.to_json()
+    props[META_SIZE_RULES] = "; ".join(size_rule_lines(plan, axes, batch is not None))
     onnx_model.doc_string = (
         f"{spec.name}: U-Net from unetgen {__version__}"
         + (f" ({spec.description})" if spec.description else "")
-        + f". {INPUT_NAME} {shape_words(spec, axes, batch, output=False)} → {output_name(spec)} "
-        f"{shape_words(spec, axes, batch, output=True)}. Size rules: {props['unetgen.size_rules']}. "
+        + f". {INPUT_NAME} {shape_words(plan, axes, batch, output=False)} → {output_name(plan)} "
+        f"{shape_words(plan, axes, batch, output=True)}. Size rules: {props[META_SIZE_RULES]}. "
         "Run it with unetgen.onnx_session(path), which checks sizes first."
     )
 
@@ -490,7 +500,7 @@ def _notes(source: Any, plan: Plan, axes: tuple[AxisRule, ...]) -> tuple[str, ..
         notes.append("exported in eval mode: batch norm, with its running statistics, folded into the convolutions")
     if plan.spec.dropout > 0:
         notes.append("exported in eval mode: dropout is off")
-    if plan.spec.output == "same":
+    if plan.same_output:
         raised: dict[int, list[str]] = {}
         for rule in axes:
             if rule.dynamic and rule.minimum > 2:
@@ -519,19 +529,21 @@ def _check_and_write(
             f"converter cannot take this network down to {report.opset}); use --opset {found.get('ai.onnx')}"
         )
     weights = sum(value.const_value.nbytes for value in onnx_model.graph.initializers.values())
-    with _staging(target, external=weights > INLINE_LIMIT) as stage:
-        with _writing(target):
-            stage.write(onnx_model)
+    data_name = external_data_name(target.name) if weights > INLINE_LIMIT else None
+    with staging(target, ExportError) as stage:
+        staged = stage.path(target.name)
+        with writing(target, ExportError):
+            _save(onnx_model, staged, data_name)
         errors: list[str] = []
         checks: list[SizeCheck] = []
         if verify:
             others = sorted(domain for domain in found if domain != "ai.onnx")
             if others:
                 errors.append(f"opset_import: custom domains {', '.join(others)} (other runtimes may not run them)")
-            errors += _full_check(stage.model_path)
+            errors += _full_check(staged)
             if not errors:
-                checks = _check_shapes(model, stage.model_path, report)
-                errors += [f"{format_size(c.input_shape)}: {c.problem}" for c in checks if not c.ok]
+                checks = _check_shapes(model, staged, report)
+                errors += [f"{size_text(c.input_shape)}: {c.problem}" for c in checks if not c.ok]
         done = dataclasses.replace(
             report, verified=verify, checks=tuple(checks), errors=tuple(errors),
             verify_seconds=time.perf_counter() - started,
@@ -540,101 +552,45 @@ def _check_and_write(
             if raise_on_failure:
                 raise ExportError("\n".join(f"{target}: check failed, nothing written: {e}" for e in errors))
             return done
-        with _writing(target):
-            data = stage.commit()
+        old_data = _external_files(target)
+        data = target.parent / data_name if data_name is not None else None
+        # new weights (under a new name) first, then the model that points at them
+        stage.commit(([(data_name, data)] if data is not None else []) + [(target.name, target)])
+    for stale in old_data:  # the previous export's weights (ours, by name): nothing points at them now
+        if stale != data:
+            with contextlib.suppress(OSError):
+                stale.unlink()
     file_bytes = target.stat().st_size + (data.stat().st_size if data is not None else 0)
     log.info("wrote %s (%d bytes)", target, file_bytes)
     return dataclasses.replace(done, path=target, external_data=data, file_bytes=file_bytes)
 
 
-class _Stage:
-    """The ONNX file (and its external data) in a private folder beside the target until every check has passed."""
-
-    def __init__(self, target: Path, folder: Path, external: bool) -> None:
-        self.target = target
-        self.folder = folder
-        self.external = external
-        self.model_path = folder / target.name
-        self.data_name = f"{target.name}.{os.urandom(4).hex()}.data" if external else None
-
-    def write(self, onnx_model: Any) -> None:
-        """Write the model into the private folder (weights beside it when external)."""
-        import onnx_ir as ir
-
-        if self.external:
-            ir.save(onnx_model, self.model_path, external_data=self.data_name, size_threshold_bytes=0)
-        else:
-            self.model_path.write_bytes(ir.to_proto(onnx_model).SerializeToString())
-
-    def commit(self) -> Path | None:
-        """Move the checked file into place: new weights (under a new name) first, then the model in one step.
-
-        A self-contained file goes through :func:`unetgen.files.atomic_write`, like every file unetgen writes. With
-        external data each step is an ``os.replace`` within one folder, so an interruption leaves the old model
-        pointing at its own weights, or the new one at the new weights, never a mix.
-        """
-        old_data = _external_files(self.target) if self.target.exists() else []
-        if self.data_name is None:
-            payload = self.model_path.read_bytes()
-            atomic_write(self.target, lambda handle: handle.write(payload))
-            data_path = None
-        else:
-            data_path = self.target.parent / self.data_name
-            _fsync_and_replace(self.folder / self.data_name, data_path)
-            _fsync_and_replace(self.model_path, self.target)
-        for stale in old_data:  # the previous export's weights (ours, by name): nothing points at them now
-            if stale != data_path:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-        return data_path
-
-
-def _fsync_and_replace(source: Path, target: Path) -> None:
-    with open(source, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(source, target)
-
-
-@contextlib.contextmanager
-def _writing(target: Path) -> Iterator[None]:
-    """A full disk or a refused write is a user error, and leaves any file at ``target`` as it was."""
-    try:
-        yield
-    except OSError as exc:
-        raise ExportError(f"{target}: cannot write: {exc.strerror or exc}; the file was not changed") from None
-
-
-@contextlib.contextmanager
-def _staging(target: Path, external: bool) -> Iterator[_Stage]:
-    """A private folder beside ``target`` for the file until it has passed its checks; removed in any case."""
-    with _writing(target):
-        folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
-        yield _Stage(target, folder, external)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def _save(onnx_model: Any, path: Path, data_name: str | None) -> None:
+    """Write the model to ``path``: self-contained, or with its weights in ``data_name`` beside it."""
+    if data_name is None:
+        path.write_bytes(ir.to_proto(onnx_model).SerializeToString())
+    else:
+        ir.save(onnx_model, path, external_data=data_name, size_threshold_bytes=0)
 
 
 def _external_files(path: Path) -> list[Path]:
-    """The external-data files of an earlier unetgen export at ``path`` (named ``<file>.<hex>.data``)."""
-    import onnx
-
+    """The external-data files of an earlier unetgen export at ``path`` (named by the contract's rule)."""
+    if not path.exists():
+        return []
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # not an ONNX file (or unreadable): nothing of ours to clean up
         return []
-    pattern = re.compile(re.escape(path.name) + r"\.[0-9a-f]{8}\.data")
     names = set()
     for tensor in model.graph.initializer:
         for entry in tensor.external_data:
-            if entry.key == "location" and pattern.fullmatch(entry.value):
+            if entry.key == "location" and is_external_data_name(path.name, entry.value):
                 names.add(entry.value)
     return [path.parent / name for name in sorted(names)]
 
 
 def _full_check(model_path: Path) -> list[str]:
-    import onnx
-
+    """``onnx.checker`` with its full check: one line per problem (none when the file is valid)."""
     try:
         onnx.checker.check_model(str(model_path), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError: both mean the file is not valid ONNX
@@ -659,6 +615,7 @@ def check_shapes(report: ExportReport) -> list[tuple[int, ...]]:
         The ``(batch, channels, *size)`` shapes, none repeated.
     """
     spec = report.spec
+    same = report.plan.same_output
     size = tuple(report.input_size)
     if report.static:
         return [(int(report.batch or 1), spec.in_channels, *size)]
@@ -673,7 +630,7 @@ def check_shapes(report: ExportReport) -> list[tuple[int, ...]]:
         if not rule.dynamic:  # specialised by torch.export: the file takes only this size along the axis
             other.append(s)
             small.append(s)
-        elif spec.output == "same":
+        elif same:
             other.append(odd(max(rule.minimum, rule.first - 2 * rule.border + (2 + axis) * rule.step + 1)))
             small.append(odd(rule.minimum + 2 * axis))
         else:
@@ -682,15 +639,13 @@ def check_shapes(report: ExportReport) -> list[tuple[int, ...]]:
     shapes = [(1, spec.in_channels, *size)]
     for batch, sizes in ((1, other), (2, small)):
         while tuple(sizes) in {shape[2:] for shape in shapes} and any(r.dynamic for r in report.axes):
-            sizes = [n + (2 if spec.output == "same" else r.step) * r.dynamic for n, r in zip(sizes, report.axes)]
+            sizes = [n + (2 if same else r.step) * r.dynamic for n, r in zip(sizes, report.axes)]
         shapes.append((batch, spec.in_channels, *sizes))
     return shapes
 
 
 def _check_shapes(model: UNet, model_path: Path, report: ExportReport) -> list[SizeCheck]:
     """Run the file on onnxruntime (CPU) at each shape of :func:`check_shapes` and compare with torch."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
@@ -710,8 +665,8 @@ def _check_shapes(model: UNet, model_path: Path, report: ExportReport) -> list[S
         scale = float(np.max(np.abs(reference))) if reference.size else 0.0
         if tuple(got.shape) != expected or tuple(reference.shape) != expected:
             problem = (
-                f"output {format_size(got.shape)}, torch {format_size(reference.shape)}, "
-                f"the plan {format_size(expected)}"
+                f"output {size_text(got.shape)}, torch {size_text(reference.shape)}, "
+                f"the plan {size_text(expected)}"
             )
             checks.append(SizeCheck(shape, expected, tuple(got.shape), None, scale, False, problem))
             continue
@@ -723,7 +678,6 @@ def _check_shapes(model: UNet, model_path: Path, report: ExportReport) -> list[S
 
 
 __all__ = [
-    "DEFAULT_OPSET",
     "TOLERANCE",
     "INLINE_LIMIT",
     "SizeCheck",
