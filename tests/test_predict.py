@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ import pytest
 import torch
 
 import unetgen
-from unetgen.network import optimization
 from unetgen.cli import main
+from unetgen.inference import runners
 from unetgen.inference.images import read_image, write_result
-from unetgen.inference.predict import Progress, Runner, check_image, predict
+from unetgen.inference.predict import predict
+from unetgen.inference.runners import Runner
 from unetgen.inference.tiling import plan_tiles, reflect
 
 
@@ -71,7 +73,6 @@ def test_valid_2d_tiled_equals_one_pass_over_the_mirrored_image():
         {"upsampling": "upsample_conv"},  # its far-side pad spoils step − 1 pixels at each tile's far edge
         {"upsampling": "upsample_conv", "interpolation": "linear"},
         {"upsampling": "upsample_conv", "interpolation": "linear", "pool_sizes": [3, 2]},  # odd: whole phases
-        {"output": "same"},  # the network mirrors each tile itself: tiles leave the border + step − 1 to neighbours
         {"norm": "batch", "block": "residual", "dropout": 0.5, "dropout_at": "bottleneck"},
         {"pool_sizes": [[2, 3], [2, 1]], "kernel_sizes": [[3, 5], 3, [1, 3]]},
     ],
@@ -92,6 +93,50 @@ def test_valid_3d_volume_tiled_equals_one_pass():
     layout = plan_tiles(spec, volume.shape, tile_size=60)
     assert [axis.count for axis in layout.axes] == [2, 3, 2]
     close(predict(model, volume, tile_size=60), one_pass(whole, volume))
+
+
+@pytest.mark.parametrize(
+    "spec,shape,tile",
+    [
+        (unetgen.UNetSpec(width=4, depth=3, init="paper", output="same"), (150, 207), 100),
+        (unetgen.UNetSpec(width=4, depth=3, init="paper", output="same", upsampling="upsample_conv"), (150, 207), 100),
+        (unetgen.UNetSpec(spatial_dims=3, depth=3, width=2, init="paper", output="same"), (37, 45, 29), 60),
+    ],
+    ids=["2d", "2d-upsample-conv", "3d"],
+)
+def test_same_output_network_tiles_its_core_bit_for_bit(spec, shape, tile):
+    # The network's core runs on tiles that predict mirrors, as an output: crop network's does: each tile gives its
+    # whole core output (less upsample_conv's far-side pixels), and the stitched map is the whole network's one
+    # pass over the whole image to the last bit.
+    image = RNG.standard_normal(shape).astype(np.float32)
+    model = unetgen.build(spec, seed=0)
+    layout = plan_tiles(spec, shape, tile_size=tile)
+    assert layout.count > 1 and layout.mode == "exact" and not layout.plan.same_output
+    for axis, border in zip(layout.axes, layout.plan.border):
+        assert axis.shift == border and axis.out == axis.window - 2 * border
+    # A budget with no room for optimize's copy: the tiles go through the network's own core. oneDNN picks its
+    # convolution algorithm by shape, so its rounding differs between a tile and the whole image (~1e-5 of the
+    # scale); torch's own convolutions add in one order at every size.
+    with torch.backends.mkldnn.flags(enabled=False):
+        tiled = predict(model, image, tile_size=tile, memory=layout.peak_bytes)
+        whole = one_pass(model, image)
+    assert np.abs(tiled - whole).max() == 0
+
+
+def test_whole_same_output_network_mirrors_its_own_tiles():
+    # An ONNX file holds the whole network: its tiles lie over the image, any size, and leave to their neighbours
+    # the pixels whose input window reaches the tile's edge; a torch network's cores need none of that.
+    spec = unetgen.UNetSpec(width=4, depth=3, output="same")
+    image = IMAGE[:150, :207]
+    whole = plan_tiles(spec, image.shape, tile_size=100, whole=True)
+    core = plan_tiles(spec, image.shape, tile_size=100)
+    assert whole.plan.same_output and not core.plan.same_output
+    for axis, grid in zip(whole.axes, whole.plan.lattices):  # border + step − 1 given up at each inner edge
+        assert axis.shift == 0 and axis.out == axis.window and axis.margins == (grid.border + grid.step - 1,) * 2
+    assert all(axis.margins == (0, 0) for axis in core.axes)
+    assert plan_tiles(spec.replace(output="crop"), image.shape, tile_size=100, whole=True) == plan_tiles(
+        spec.replace(output="crop"), image.shape, tile_size=100
+    )
 
 
 @pytest.mark.parametrize("output", ["same", "crop"])
@@ -155,6 +200,16 @@ def test_onnx_file_gives_the_torch_result(exported):
     close(predict(session, image, tile_size=100), expected, 1e-4)
 
 
+def test_onnx_file_of_a_same_output_network_gives_the_torch_result(tmp_path):
+    spec = unetgen.UNetSpec(width=2, depth=3, init="paper", output="same")
+    model = unetgen.build(spec, seed=0)
+    path = unetgen.export_onnx(model, tmp_path / "same.onnx", input_size=[60, 60], verify=False).path
+    image = IMAGE[:150, :207]
+    expected = one_pass(model, image)
+    close(predict(path, image, tile_size=100), expected, 1e-4)
+    close(predict(model, image, tile_size=100), expected)
+
+
 def test_tile_size_from_the_memory_budget():
     spec = unetgen.preset("paper")
     budget = 600 * 2**20
@@ -209,10 +264,10 @@ def test_sizes_command_lists_what_the_network_takes(tmp_path, capsys):
             assert model(torch.zeros(1, 1, n, n)).shape[2:] == (m, m)
 
 
-def test_readme_tiles_line_is_real():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+def test_docs_tiles_line_is_real():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "prediction.md").read_text(encoding="utf-8")
     line = plan_tiles(unetgen.preset("paper"), (4096, 4096), memory=2**30).describe()
-    assert f"\ntiles: {line}\n" in readme
+    assert f"# {line}\n" in page
 
 
 def test_reflect_is_numpy_reflect():
@@ -274,25 +329,21 @@ def test_bad_models_are_refused(tmp_path):
         predict(tmp_path / "junk.onnx", IMAGE)
 
 
-def test_progress_bar_only_on_a_terminal(capsys):
+def test_progress_bar_only_when_asked_and_on_a_terminal(monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    shown = Terminal()
-    bar = Progress(4, 1000, True, shown)
-    for _ in range(4):
-        bar.update(1)
-    bar.close()
-    assert "tiles 4/4" in shown.getvalue() and "100%" in shown.getvalue()
-    quiet = Terminal()
-    Progress(4, 1000, False, quiet).update(4)
-    piped = io.StringIO()
-    Progress(4, 1000, True, piped).update(4)
+    model = unetgen.build(unetgen.UNetSpec(width=2, depth=3), seed=0)
+    image = IMAGE[:60, :60]
+    count = plan_tiles(model.spec, image.shape, tile_size=52).count
+    shown, quiet, piped = Terminal(), Terminal(), io.StringIO()
+    for stream, progress in ((shown, True), (quiet, False), (piped, True)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        predict(model, image, tile_size=52, progress=progress)
+    assert count > 1 and f"{count}/{count}" in shown.getvalue() and "100%" in shown.getvalue()
+    assert "tiles" in shown.getvalue() and "Mpx/s" in shown.getvalue()
     assert quiet.getvalue() == piped.getvalue() == ""
-    model = unetgen.build(unetgen.UNetSpec(width=2, depth=3))
-    predict(model, IMAGE[:60, :60], progress=True)  # standard error is not a terminal under pytest
-    assert capsys.readouterr().err == ""
 
 
 # --- files and the command -----------------------------------------------------------------------------------------
@@ -404,8 +455,8 @@ def test_predict_runs_an_optimized_copy_where_the_budget_has_room(monkeypatch):
                     module.running_mean.copy_(torch.linspace(-0.5, 0.5, module.num_features))
                     module.running_var.copy_(torch.linspace(0.5, 2.0, module.num_features))
     copies = []
-    real = optimization.optimize
-    monkeypatch.setattr(optimization, "optimize", lambda m, **k: copies.append(real(m, **k)) or copies[-1])
+    real = runners.optimize
+    monkeypatch.setattr(runners, "optimize", lambda m, **k: copies.append(real(m, **k)) or copies[-1])
     model.train()
     image = IMAGE[:150, :207]
     close(predict(model, image, tile_size=100), one_pass(whole, image))

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image as PILImage
 
 from ..errors import UNetGenError
 from ..files import atomic_write
+from ..text import size_text
 
 #: File types read and written through Pillow.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -43,14 +45,6 @@ class Image:
     pixels: np.ndarray
     channels_last: bool | None
     words: str
-
-
-def _pillow() -> Any:
-    try:
-        from PIL import Image as PILImage
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        raise UNetGenError("reading and writing PNG or TIFF needs Pillow: pip install pillow") from None
-    return PILImage
 
 
 def read_image(path: str | Path) -> Image:
@@ -86,9 +80,8 @@ def read_image(path: str | Path) -> Image:
         if not isinstance(pixels, np.ndarray):
             raise UNetGenError(f"{path}: holds several arrays (.npz); give one array saved with numpy.save")
         return Image(pixels, None, f".npy {pixels.dtype} array {tuple(pixels.shape)}")
-    pil = _pillow()
     try:
-        with pil.open(path) as handle:
+        with PILImage.open(path) as handle:
             frames = getattr(handle, "n_frames", 1)
             pages = []
             for index in range(frames):
@@ -96,7 +89,7 @@ def read_image(path: str | Path) -> Image:
                 pages.append(_frame(handle))
             kind = handle.format or suffix[1:].upper()
             mode = handle.mode
-    except pil.DecompressionBombError as exc:
+    except PILImage.DecompressionBombError as exc:
         raise UNetGenError(f"{path}: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UNetGenError(f"{path}: not a readable image ({exc})") from None
@@ -106,7 +99,7 @@ def read_image(path: str | Path) -> Image:
     spatial = pixels.shape[: (2 if len(pages) == 1 else 3)]
     described = _MODE_CHANNELS.get(mode, f"{mode} read as RGB")
     count = pixels.shape[-1] if pixels.ndim > len(spatial) else 1
-    words = f"{kind} {'×'.join(map(str, spatial))}" + (f" ({len(pages)} pages)" if len(pages) > 1 else "")
+    words = f"{kind} {size_text(spatial)}" + (f" ({len(pages)} pages)" if len(pages) > 1 else "")
     return Image(pixels, True, f"{words}, {described}: {count} channel{'s' if count > 1 else ''}, channels last")
 
 
@@ -168,10 +161,9 @@ def write_result(path: str | Path, result: np.ndarray) -> Path:
         return atomic_write(path, lambda handle: np.save(handle, result, allow_pickle=False))
     if result.dtype.kind not in "ui" or (result.size and int(result.max()) > 65535):
         raise UNetGenError(f"{path}: an image file holds labels from 0 to 65535; write to .npy instead")
-    pil = _pillow()
     labels = result.astype(np.uint8 if result.size == 0 or int(result.max()) < 256 else np.uint16)
     pages = [labels] if labels.ndim == 2 else list(labels)
-    images = [pil.fromarray(np.ascontiguousarray(page)) for page in pages]
+    images = [PILImage.fromarray(np.ascontiguousarray(page)) for page in pages]
     buffer = io.BytesIO()
     if suffix == ".png":
         images[0].save(buffer, format="PNG")

@@ -2,22 +2,29 @@
 
 Pure integers, no torch. Ronneberger et al. 2015 (sec. 2, Fig. 2) segment an image of any size by tiles: each
 output tile is predicted from a larger input tile, and the context missing at the image border is mirrored.
-:mod:`unetgen.inference` runs the tiles this module lays out.
+:func:`unetgen.predict` runs the tiles this module lays out.
 
 The reference is one pass over the whole image, mirrored as ``output: same`` mirrors it
-(:func:`unetgen.sizes.same_output_pads`: the network's border plus half the rounding to the next valid size on each
-side). Every tile is placed so that it sees the same max-pooling phase as that pass: tile windows start a multiple
-of the lattice step from the reference's origin, and the last one ends where the reference ends. Then:
+(:func:`unetgen.planning.sizes.same_output_pads`: the network's border plus half the rounding to the next valid
+size on each side). Tiles run the network's core (:meth:`unetgen.UNet.core`, the network without the mirroring
+and the output crop of ``output: same``) on windows of the mirrored image, so ``output: same`` and
+``output: crop`` networks tile alike. Every tile is placed so that it sees the same max-pooling phase as that
+pass: tile windows start a multiple of the lattice step from the reference's origin, and the last one ends where
+the reference ends. Then:
 
 * **exact** stitching (valid convolutions, and a norm that acts pixel by pixel: none, or batch norm in eval mode):
   a valid network is translation-equivariant for shifts by the lattice step, so each output pixel is taken from one
   tile that computes it exactly as the whole-image pass does. Pixels a tile computes differently from that pass
-  (:func:`edge_margins`) are left to its neighbour.
+  (:func:`unetgen.planning.field.edge_margins`) are left to its neighbour.
 * **blend** stitching (same padding, or instance/group/layer norm, which see each tile's statistics): neighbouring
   tiles overlap, and each tile's output is weighted by a separable window that is zero where a pixel's input
   window crosses the tile's inner edge (padded convolutions saw zeros there instead of the image) and rises along a
   raised-cosine ramp to one, so the stitched map has no seams; with no norm or batch norm it equals the whole-image
   pass. At the image border (the reference's edge) a tile keeps full weight.
+
+A runner that holds the whole network (an ONNX file) cannot run the core: an ``output: same`` file mirrors each
+tile it is given, so its tiles (``whole=True``) are any size, lie over the image itself, and leave to their
+neighbours the pixels whose input window reaches the tile's edge.
 
 All sizes come from the plan's lattices (``first``, ``step``, ``border`` per axis); tile sizes are chosen from the
 plan's memory estimate (:func:`unetgen.estimate`).
@@ -29,16 +36,15 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
-from typing import Literal
 
+from ..errors import ResourceError, SizeError, UNetGenError
 from ..planning.cost import estimate
 from ..planning.field import Mode, edge_margins, stitching
 from ..planning.limits import memory_limit, parse_bytes
-from ..text import human_bytes
-from ..errors import ResourceError, SizeError, UNetGenError
 from ..planning.plan import Plan, lattices, make_plan
 from ..planning.sizes import Lattice, same_output_pads
 from ..spec.fields import UNetSpec
+from ..text import axis_names, human_bytes, size_text
 
 
 #: Default memory budget of one pass (weights + activations), capped by :func:`unetgen.memory_limit`.
@@ -47,8 +53,6 @@ DEFAULT_MEMORY = 1 << 30
 DEFAULT_OVERLAP = 0.25
 #: Most tiles run in one pass when the batch is chosen from the memory budget.
 MAX_BATCH = 16
-
-_AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("axis 0", "axis 1", "axis 2")}
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,8 @@ class AxisTiles:
         size: the image's size along the axis.
         window: each tile's input size (a size the network takes).
         out: each tile's output size.
-        shift: output pixel *i* of a tile lies over pixel ``start + shift + i`` (the border for ``output: crop``,
-            0 for ``output: same``).
+        shift: output pixel *i* of a tile lies over pixel ``start + shift + i`` (the border; 0 for a whole
+            ``output: same`` network, which mirrors each tile itself).
         step: the lattice step: the distance between tile starts is a multiple of it.
         starts: where each tile's window starts, in image pixels.
         margins: ``(near, far)`` output pixels of each tile left to its neighbours (see :func:`edge_margins`);
@@ -146,7 +150,8 @@ class TileLayout:
         mode: ``exact`` or ``blend`` stitching (:func:`stitching`).
         axes: the tiles along each axis; the tiles are every combination.
         batch: tiles per pass.
-        plan: the network's plan at the tile size.
+        plan: the plan of what runs on one tile: the network's core at the tile size (the whole network for
+            ``whole`` tiles).
         peak_bytes: the estimated memory of one pass over ``batch`` tiles (weights + activations, float32).
         budget: the memory budget the tile size and batch were chosen for.
     """
@@ -181,33 +186,31 @@ class TileLayout:
 
     def describe(self) -> str:
         """One line: tiles, sizes, batch, stitching and memory."""
-        grid = "×".join(str(axis.count) for axis in self.axes)
+        grid = size_text([axis.count for axis in self.axes])
         tiles = "1 tile" if self.count == 1 else f"{self.count} tiles ({grid})"
         how = "exact stitching" if self.mode == "exact" else "blended with a raised-cosine window"
         return (
-            f"{tiles} of {_fmt(self.window)} → {_fmt(self.out)}, {self.batch} per pass, {how}; "
+            f"{tiles} of {size_text(self.window)} → {size_text(self.out)}, {self.batch} per pass, {how}; "
             f"about {human_bytes(self.peak_bytes)} per pass (budget {human_bytes(self.budget)})"
         )
 
 
-def _fmt(size: Sequence[int]) -> str:
-    return "×".join(str(s) for s in size)
-
-
 @dataclass(frozen=True)
 class _AxisRules:
-    """What tiling one axis depends on: the network, its lattice and edge margins, the image size, the overlap."""
+    """What tiling one axis depends on: the lattice and edge margins, the stitching, whether the network mirrors
+    each tile itself, the image size, the overlap."""
 
-    spec: UNetSpec
     grid: Lattice
     margins: tuple[int, int]
+    mode: Mode
+    mirrors: bool
     size: int
     overlap: float
 
     @property
     def span(self) -> tuple[int, int]:
         """The reference pass's window, ``[lo, hi)`` in image pixels."""
-        if self.spec.output == "same":
+        if self.mirrors:
             return 0, self.size  # the network mirrors what it is given itself
         grid = self.grid
         before, after, _, _ = same_output_pads(self.size, grid.first, grid.step, grid.border)
@@ -215,26 +218,26 @@ class _AxisRules:
 
     def out(self, window: int) -> int:
         """A tile's output size."""
-        return window if self.spec.output == "same" else self.grid.output(window)
+        return window if self.mirrors else self.grid.output(window)
 
     def stride(self, window: int) -> int:
         """The distance between tile starts: the largest multiple of the step that leaves the tiles' usable
         outputs touching (exact) or overlapping by at least ``overlap`` of the output (blend); 0 if none."""
         out = self.out(window)
         room = out - self.margins[0] - self.margins[1]
-        if stitching(make_plan(self.spec, tuple(g.first for g in lattices(self.spec)))) == "blend":
+        if self.mode == "blend":
             room -= max(math.ceil(self.overlap * out) - self.margins[0] - self.margins[1], math.ceil(out / 16), 1)
         return max(room, 0) // self.grid.step * self.grid.step
 
     def candidates(self) -> list[int]:
         """Tile input sizes, smallest first, that leave room to stitch; the last covers the whole span.
 
-        ``output: crop`` networks take the lattice's sizes; ``output: same`` networks take any size, and tiles are
-        the image's size less a multiple of the step, so the network mirrors each tile with the reference's phase.
+        Cores take the lattice's sizes; a network that mirrors its tiles takes any size, and tiles are the image's
+        size less a multiple of the step, so the network mirrors each tile with the reference's phase.
         """
         lo, hi = self.span
         step = self.grid.step
-        if self.spec.output == "same":
+        if self.mirrors:
             first = self.size - ((self.size - 2) // step) * step  # the smallest ≥ 2 congruent to the size
         else:
             first = self.grid.first
@@ -243,7 +246,7 @@ class _AxisRules:
     def tiles(self, window: int) -> AxisTiles:
         """The tiles of input size ``window`` (at most the span; a larger one is the span itself)."""
         lo, hi = self.span
-        shift = 0 if self.spec.output == "same" else self.grid.border
+        shift = 0 if self.mirrors else self.grid.border
         step = self.grid.step
         if window >= hi - lo:
             return AxisTiles(self.size, hi - lo, self.out(hi - lo), shift, step, (lo,), self.margins, 0)
@@ -252,7 +255,7 @@ class _AxisRules:
         while starts[-1] + window < hi:
             starts.append(min(starts[-1] + stride, hi - window))
         out = self.out(window)
-        ramp = out - self.margins[0] - self.margins[1] - stride if stitching(make_plan(self.spec, tuple(g.first for g in lattices(self.spec)))) == "blend" else 0
+        ramp = out - self.margins[0] - self.margins[1] - stride if self.mode == "blend" else 0
         return AxisTiles(self.size, window, out, shift, step, tuple(starts), self.margins, ramp)
 
 
@@ -280,6 +283,7 @@ def plan_tiles(
     memory: int | str | None = None,
     batch_size: int | None = None,
     overlap: float = DEFAULT_OVERLAP,
+    whole: bool = False,
 ) -> TileLayout:
     """Lay out the tiles that segment an image of ``image_size``.
 
@@ -292,13 +296,16 @@ def plan_tiles(
         spec: the network.
         image_size: the image's spatial size, one value per axis.
         tile_size: the tile's input size, one value per axis (or one for all): tiles are the largest sizes the
-            network takes at most this large (``output: same``: this size less a multiple of the lattice step, so
-            every tile has the whole image's pooling phase). Overrides the memory budget for the tile size.
+            network takes at most this large (``whole`` tiles of an ``output: same`` network: this size less a
+            multiple of the lattice step, so every tile has the whole image's pooling phase). Overrides the memory
+            budget for the tile size.
         memory: the memory budget of one pass, bytes or a size like ``"2GiB"``; default :data:`DEFAULT_MEMORY`,
             at most :func:`unetgen.memory_limit`.
         batch_size: tiles per pass; default the most (up to :data:`MAX_BATCH`) that fit the budget.
         overlap: blend stitching: the least overlap of neighbouring tiles, a fraction of the tile's output
             (more than 0, at most 0.5). Exact stitching needs none.
+        whole: the tiles run through the whole network rather than its core (an ONNX file): an ``output: same``
+            network then mirrors each tile itself. No difference for ``output: crop`` networks.
 
     Returns:
         The layout.
@@ -310,27 +317,41 @@ def plan_tiles(
         UNetGenError: when ``overlap`` or ``batch_size`` is out of range.
     """
     dims = spec.spatial_dims
-    names = _AXIS_NAMES[dims]
+    names = axis_names(dims)
     size = tuple(image_size)
     if len(size) != dims:
-        raise SizeError(f"image {_fmt(size)}: has {len(size)} spatial axes; the network is {dims}D")
+        raise SizeError(f"image {size_text(size)}: has {len(size)} spatial axes; the network is {dims}D")
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 < overlap <= 0.5:
         raise UNetGenError(f"overlap {overlap!r}: give a fraction of the tile, more than 0 and at most 0.5")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise UNetGenError(f"batch size {batch_size!r}: give a whole number from 1 up")
-    rules = [_AxisRules(spec, grid, margins, n, overlap)
-             for grid, margins, n in zip(lattices(spec), edge_margins(make_plan(spec, tuple(g.first for g in lattices(spec)))), size)]
+    grids = lattices(spec)
+    firsts = tuple(grid.first for grid in grids)
+    mirrors = whole and make_plan(spec, firsts).same_output
+
+    def plan_at(window: tuple[int, ...]) -> Plan:
+        """The plan of what runs on one tile: the core, or the whole network that mirrors its tiles."""
+        return make_plan(spec, window, core=not mirrors)
+
+    probe = plan_at(firsts)
+    mode = stitching(probe)
+    rules = [
+        _AxisRules(grid, margins, mode, mirrors, n, overlap)
+        for grid, margins, n in zip(grids, edge_margins(probe), size)
+    ]
     for name, n, rule in zip(names, size, rules):
         if not isinstance(n, int) or n < 1:
-            raise SizeError(f"image {_fmt(size)}: {name}: sizes must be positive integers")
+            raise SizeError(f"image {size_text(size)}: {name}: sizes must be positive integers")
         lo, hi = rule.span
-        if n < 2 and (lo < 0 or hi > n or spec.output == "same"):
-            raise SizeError(f"image {_fmt(size)}: {name}: a size of 1 cannot be mirrored; the smallest size is 2")
+        if n < 2 and (lo < 0 or hi > n or mirrors):
+            raise SizeError(
+                f"image {size_text(size)}: {name}: a size of 1 cannot be mirrored; the smallest size is 2"
+            )
     options = [rule.candidates() for rule in rules]
     budget = budget_bytes(memory)
 
     def pass_bytes(window: tuple[int, ...], batch: int = 1) -> int:
-        return estimate(make_plan(spec, window), batch=batch).peak_bytes
+        return estimate(plan_at(window), batch=batch).peak_bytes
 
     if tile_size is not None:
         wanted = (tile_size,) * dims if isinstance(tile_size, int) else tuple(tile_size)
@@ -341,7 +362,7 @@ def plan_tiles(
             fitting = [n for n in choices if n <= t]
             if not fitting:
                 raise SizeError(
-                    f"tile size {_fmt(wanted)}: {name}: the smallest tile for this image is {choices[0]}; "
+                    f"tile size {size_text(wanted)}: {name}: the smallest tile for this image is {choices[0]}; "
                     f"give at least {choices[0]}"
                 )
             window.append(fitting[-1])
@@ -352,9 +373,9 @@ def plan_tiles(
 
         if pass_bytes(at(0)) > budget:
             raise ResourceError(
-                f"image {_fmt(size)}: the smallest tile ({_fmt(at(0))}) needs about {human_bytes(pass_bytes(at(0)))} "
-                f"per pass, more than the memory budget of {human_bytes(budget)}; give a larger budget "
-                "(memory=..., --memory)"
+                f"image {size_text(size)}: the smallest tile ({size_text(at(0))}) needs about "
+                f"{human_bytes(pass_bytes(at(0)))} per pass, more than the memory budget of {human_bytes(budget)}; "
+                "give a larger budget (memory=..., --memory)"
             )
         low, high = 0, max(len(choices) for choices in options) - 1
         while low < high:  # the largest k that fits: memory grows with the tile
@@ -378,9 +399,10 @@ def plan_tiles(
             batch += 1
     else:
         batch = min(batch_size, count)
+    plan = plan_at(window)
     return TileLayout(
-        spec=spec, image_size=size, mode=stitching(make_plan(spec, window)), axes=axes, batch=batch,
-        plan=make_plan(spec, window), peak_bytes=pass_bytes(window, batch), budget=budget,
+        spec=spec, image_size=size, mode=mode, axes=axes, batch=batch, plan=plan,
+        peak_bytes=estimate(plan, batch=batch).peak_bytes, budget=budget,
     )
 
 

@@ -1,0 +1,207 @@
+"""The network ``predict`` runs tiles through: a torch module or an exported ONNX file, opened from what a user has.
+
+A runner takes a batch of tiles (numpy float32) and returns the network's outputs for them. A torch network runs
+its core (:meth:`unetgen.UNet.core`) on tiles that ``predict`` mirrors itself, so an ``output: same`` network tiles
+as an ``output: crop`` one does; an ONNX file holds the whole network, and an ``output: same`` file mirrors each
+tile it is given (see :func:`unetgen.inference.tiling.plan_tiles`, ``whole``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import SpecError, UNetGenError
+from ..export.reader import OnnxSession, onnx_session
+from ..network.checkpoint import load_weights
+from ..network.optimization import optimize
+from ..network.unet import UNet
+from ..planning.limits import check_pass_fits
+from ..planning.plan import Plan
+from ..spec.fields import UNetSpec, load_spec
+from ..text import human_bytes
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    """Runs batches of tiles through a network: ``runner(batch) → outputs``, numpy float32 in and out.
+
+    Attributes:
+        spec: the network's spec.
+        source: what the network was loaded from, for messages.
+        fixed: ``(batch, tile size)`` when the network only takes one shape (a static ONNX file), else None.
+        whole: whether it runs the whole network, which mirrors each tile itself when the network has
+            ``output: same`` (an ONNX file); False: it runs what it is given, as the core does.
+    """
+
+    spec: UNetSpec
+    source: str
+    fixed: tuple[int, tuple[int, ...]] | None = None
+    whole: bool = False
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def check(self, shape: tuple[int, ...], plan: Plan) -> None:
+        """Raise a clear error, before any work, if the network cannot take a batch of ``shape``.
+
+        Args:
+            shape: ``(batch, channels, *tile size)``.
+            plan: the plan of what runs on one tile (the layout's plan).
+        """
+
+    @contextmanager
+    def running(self, spare: int = 0) -> Iterator[Runner]:
+        """Prepare for a run (eval mode) and restore the network afterwards.
+
+        Args:
+            spare: bytes of the memory budget a pass leaves unused, which the runner may spend on running faster.
+        """
+        yield self
+
+
+class TorchRunner(Runner):
+    """A built network (:func:`unetgen.build`, :func:`unetgen.load`): its core, run in eval mode without gradients.
+
+    Where the memory budget has room for a second set of weights beside a pass, tiles go through the core of
+    :func:`unetgen.optimize`'s copy of the network (batch norm folded, channels-last maps where exact enough): the
+    same outputs within float32 rounding, and faster (``benchmarks/``). Otherwise they go through the network's own.
+    """
+
+    def __init__(self, model: UNet, source: str = "model") -> None:
+        """Args:
+        model: a :class:`~unetgen.network.UNet`.
+        source: what to call it in messages.
+        """
+        self.model = model
+        self.spec = model.spec
+        self.source = source
+        first = next(model.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.core: Any = None  # the core that runs tiles, while running()
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the network's parameters: what :func:`unetgen.optimize`'s copy adds to a pass, at most."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @contextmanager
+    def running(self, spare: int = 0) -> Iterator[Runner]:
+        was_training = self.model.training
+        self.model.eval()  # dropout off, batch norm on its running statistics
+        if self.weight_bytes <= spare:
+            fast = optimize(self.model)
+            self.core = fast.core()
+            log.info("%s: running unetgen.optimize's copy (%s)", self.source, ", ".join(fast.optimizations))
+        else:
+            self.core = self.model.core()
+            log.info(
+                "%s: running the network as it is: optimize's copy (%s of weights) does not fit the memory budget "
+                "beside a pass", self.source, human_bytes(self.weight_bytes),
+            )
+        try:
+            with torch.inference_mode():
+                yield self
+        finally:
+            self.core = None
+            self.model.train(was_training)
+
+    def check(self, shape: tuple[int, ...], plan: Plan) -> None:
+        if self.device.type == "cpu":  # the memory limit is about this machine's memory
+            check_pass_fits(plan, batch=shape[0])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device)
+        return self.core(x).float().cpu().numpy()
+
+
+class OnnxRunner(Runner):
+    """An ONNX file exported by unetgen, run by onnxruntime through :func:`unetgen.onnx_session` (which reads the
+    spec and the size rules from the file's metadata and checks every shape).
+
+    The file holds the whole network: an ``output: same`` file mirrors each tile itself, so its tiles are laid out
+    as before ``predict`` ran cores (any size, each giving up its border and the step's rounding at inner edges).
+    """
+
+    whole = True
+
+    def __init__(self, source: str | Path | OnnxSession) -> None:
+        """Args:
+        source: the ``.onnx`` file, or a session from :func:`unetgen.onnx_session`.
+
+        Raises:
+            ExportError: when the file cannot be read, or was not exported by unetgen.
+        """
+        self.session = source if isinstance(source, OnnxSession) else onnx_session(source)
+        info = self.session.info
+        self.spec = info.spec
+        self.source = str(info.path)
+        if info.static:
+            self.fixed = (int(info.batch), tuple(info.export_size))
+
+    def check(self, shape: tuple[int, ...], plan: Plan) -> None:
+        self.session.check(shape)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(batch), dtype=np.float32)
+
+
+def load_model(source: Any, spec: UNetSpec | str | None = None) -> Runner:
+    """Open a network to predict with.
+
+    Args:
+        source: a built network (:func:`unetgen.build`); a unetgen checkpoint (:func:`unetgen.save`,
+            ``unetgen build --save``); a file of weights alone (``torch.save(model.state_dict(), path)``), which
+            needs ``spec``; or an ONNX file exported by unetgen (``.onnx``).
+        spec: the network's spec (a spec, preset name or YAML path). Needed for a file of weights alone; for a
+            checkpoint or an ONNX file, which hold their spec, it must describe the same network.
+
+    Returns:
+        A :class:`Runner`.
+
+    Raises:
+        CheckpointError: when the weights cannot be read or do not match the spec.
+        ExportError: when the ONNX file cannot be read.
+        SpecError: when ``spec`` is not valid, or differs from the file's.
+    """
+    if isinstance(source, Runner):
+        runner = source
+    elif isinstance(source, OnnxSession):
+        runner = OnnxRunner(source)
+    elif isinstance(source, UNet):
+        runner = TorchRunner(source)
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.suffix.lower() == ".onnx":
+            runner = OnnxRunner(path)
+        else:
+            runner = TorchRunner(load_weights(path, spec), str(path))
+    else:
+        raise UNetGenError(
+            f"model: got {type(source).__name__}; give a network from unetgen.build or unetgen.load, a checkpoint "
+            "file or an .onnx file"
+        )
+    if spec is not None:
+        _check_same_network(load_spec(spec), runner)
+    return runner
+
+
+def _check_same_network(spec: UNetSpec, runner: Runner) -> None:
+    """Refuse a spec that describes another network than the runner's (names and sizes aside)."""
+    ignore = {"name", "description", "input_size"}
+    mine = spec.model_dump(exclude=ignore)
+    theirs = runner.spec.model_dump(exclude=ignore)
+    if mine != theirs:
+        fields = [key for key in mine if mine[key] != theirs.get(key)]
+        shown = ", ".join(f"{key}: {theirs.get(key)!r} in the file, {mine[key]!r} in the spec" for key in fields[:3])
+        raise SpecError(f"{runner.source}: holds another network than the spec '{spec.name}' ({shown})")
+
+
+__all__ = ["Runner", "TorchRunner", "OnnxRunner", "load_model"]
