@@ -156,7 +156,7 @@ def optimize(
     if for_export:
         channels_last = False
     if channels_last is None:
-        channels_last = dims > 1 and model.spec.norm in ("none", "batch") and not winograd
+        channels_last = dims > 1 and model.plan.norms <= {"batch"} and not winograd
     layout = _CHANNELS_LAST[dims] if channels_last else None
     # The spec and the plan are immutable: share them rather than copy them.
     memo = {id(model.spec): model.spec, id(model.plan): model.plan}

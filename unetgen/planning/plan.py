@@ -180,6 +180,11 @@ class Plan:
     core: bool = True
 
     @property
+    def norms(self) -> frozenset[str]:
+        """The kinds of normalisation the network has (``batch``, ``instance``, ``group``, ``layer``)."""
+        return frozenset(layer.mode for layer in self.layers if layer.kind == "norm")
+
+    @property
     def depth(self) -> int:
         """Resolution levels, bottleneck included."""
         return len(self.skips) + 1
