@@ -24,7 +24,7 @@ from .files import atomic_write, check_target
 from .planning.plan import Plan, make_plan
 from .spec.fields import UNetSpec, load_spec, preset_names
 from .spec.schema import schema_text
-from .summary import render, size_report
+from .summary import plan_json, render, size_report
 from .text import size_text
 
 log = logging.getLogger("unetgen")
@@ -74,7 +74,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.save:
         check_target(args.save)
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
+        print(json.dumps(plan_json(plan), indent=2))
     else:
         print(render(plan, source), end="")
     if args.save:

@@ -4,12 +4,14 @@ formatting of the plan's numbers, no torch."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .planning.cost import estimate
 from .planning.field import Field, receptive_field
-from .planning.plan import Plan, default_input_size
+from .planning.plan import Layer, Plan, default_input_size
 from .planning.sizes import Lattice
 from .text import AXIS_LETTERS, human_bytes, size_text
+from .version import __version__
 
 
 def render(plan: Plan, source: str | None = None) -> str:
@@ -127,3 +129,50 @@ def _input_for_output(grid: Lattice, output_size: int, same: bool) -> str:
         return f"  output {output_size} ← input {exact[0]}"
     near = ", ".join(f"{n} → {grid.output(n)}" for n in options)
     return f"  output {output_size} is not reachable; nearest: {near}"
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The plan as JSON-ready data (what ``unetgen build --json`` prints): every block with its layers."""
+    cost = estimate(plan)
+    return {
+        "unetgen": __version__,
+        "spec": plan.spec.model_dump(mode="json"),
+        "input_shape": list(plan.input_shape),
+        "output_shape": list(plan.output_shape),
+        "core_input_size": list(plan.core_input_size),
+        "mirror": [list(pad) for pad in plan.mirror],
+        "output_crop": [list(crop) for crop in plan.output_crop],
+        "blocks": [
+            {
+                "name": b.name, "operation": b.operation, "shape": list(b.shape), "params": b.params,
+                "layers": [_layer_json(layer) for layer in b.layers],
+            }
+            for b in plan.blocks
+        ],
+        "skips": [
+            {"level": s.level, "source": list(s.source), "target": list(s.target), "crop": list(s.crop)}
+            for s in plan.skips
+        ],
+        "valid_sizes": [
+            {"axis": name, "first": g.first, "step": g.step, "border": g.border}
+            for name, g in zip(plan.axis_names, plan.lattices)
+        ],
+        "parameters": plan.parameters,
+        "norm_parameters": plan.norm_parameters,
+        "flops": cost.flops,
+        "activation_bytes": cost.activation_bytes,
+        "parameter_bytes": cost.parameter_bytes,
+        "receptive_field": [{"size": f.size, "exact": f.exact} for f in receptive_field(plan)],
+        "conv_layers": plan.conv_layers,
+    }
+
+
+def _layer_json(layer: Layer) -> dict[str, Any]:
+    """One layer as JSON-ready data: its name, kind, inputs, output shape and the fields its kind uses."""
+    data: dict[str, Any] = {"name": layer.name, "kind": layer.kind, "inputs": list(layer.inputs),
+                            "shape": list(layer.shape)}
+    for key in ("params", "kernel", "stride", "pads", "crop", "mode", "bias", "value", "groups"):
+        value = getattr(layer, key)
+        if value or (key == "bias" and layer.kind in ("conv", "conv_transpose")):
+            data[key] = [list(v) for v in value] if key in ("pads", "crop") else list(value) if isinstance(value, tuple) else value
+    return data

@@ -99,7 +99,14 @@ class _Level:
     height: float = 0.0
 
 
-def draw(spec_or_plan: UNetSpec | Plan | str | Path, input_size: tuple[int, ...] | list[int] | None = None) -> str:
+class SVG(str):
+    """SVG text that a notebook shows as the picture (Jupyter calls ``_repr_svg_``)."""
+
+    def _repr_svg_(self) -> str:
+        return str(self)
+
+
+def draw(spec_or_plan: UNetSpec | Plan | str | Path, input_size: tuple[int, ...] | list[int] | None = None) -> SVG:
     """Draw a network as the U-Net paper's Figure 1, as SVG text.
 
     Args:
@@ -107,7 +114,8 @@ def draw(spec_or_plan: UNetSpec | Plan | str | Path, input_size: tuple[int, ...]
         input_size: spatial input size, one value per axis; default: the plan's size, else the spec's default.
 
     Returns:
-        The SVG document (UTF-8 text, no XML declaration), ready to write to a ``.svg`` file or show in a notebook.
+        The SVG document (UTF-8 text, no XML declaration), ready to write to a ``.svg`` file; a notebook shows it
+        as the picture.
 
     Raises:
         SpecError: when a name or file does not hold a valid spec.
@@ -117,7 +125,7 @@ def draw(spec_or_plan: UNetSpec | Plan | str | Path, input_size: tuple[int, ...]
         plan = spec_or_plan if input_size is None else make_plan(spec_or_plan.spec, input_size)
     else:
         plan = make_plan(load_spec(spec_or_plan), input_size)
-    return _Figure(plan).svg()
+    return SVG(_Figure(plan).svg())
 
 
 def svg_size(svg: str) -> tuple[int, int]:

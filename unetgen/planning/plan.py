@@ -245,52 +245,6 @@ class Plan:
                 return block
         raise KeyError(name)
 
-    def _repr_svg_(self) -> str | None:
-        """The network as the U-Net paper's Figure 1, for Jupyter (see :func:`unetgen.draw`)."""
-        from ..drawing.draw import draw
-        from ..errors import UNetGenError
-
-        try:
-            return draw(self)
-        except UNetGenError:  # e.g. a spec whose input_size the network cannot take: the text repr instead
-            return None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plan as JSON-ready data (what ``unetgen build --json`` prints)."""
-        from ..version import __version__
-        from .cost import estimate
-        from .field import receptive_field
-
-        cost = estimate(self)
-        return {
-            "unetgen": __version__,
-            "spec": self.spec.model_dump(mode="json"),
-            "input_shape": list(self.input_shape),
-            "output_shape": list(self.output_shape),
-            "core_input_size": list(self.core_input_size),
-            "mirror": [list(pad) for pad in self.mirror],
-            "output_crop": [list(crop) for crop in self.output_crop],
-            "blocks": [
-                {"name": b.name, "operation": b.operation, "shape": list(b.shape), "params": b.params}
-                for b in self.blocks
-            ],
-            "skips": [
-                {"level": s.level, "source": list(s.source), "target": list(s.target), "crop": list(s.crop)}
-                for s in self.skips
-            ],
-            "valid_sizes": [
-                {"axis": name, "first": g.first, "step": g.step, "border": g.border}
-                for name, g in zip(self.axis_names, self.lattices)
-            ],
-            "parameters": self.parameters,
-            "norm_parameters": self.norm_parameters,
-            "flops": cost.flops,
-            "activation_bytes": cost.activation_bytes,
-            "parameter_bytes": cost.parameter_bytes,
-            "receptive_field": [{"size": f.size, "exact": f.exact} for f in receptive_field(self)],
-            "conv_layers": self.conv_layers,
-        }
-
 
 def geometry(spec: UNetSpec) -> tuple[sizes.AxisGeometry, ...]:
     """The spec's geometry along each spatial axis.

@@ -293,16 +293,6 @@ class UNetSpec(BaseModel):
         data.update(changes)
         return spec_from_dict(data, source=f"{self.name} (replace)")
 
-    def _repr_svg_(self) -> str | None:
-        """The network as the U-Net paper's Figure 1, for Jupyter (see :func:`unetgen.draw`)."""
-        from ..drawing.draw import draw
-        from ..errors import UNetGenError
-
-        try:
-            return draw(self)
-        except UNetGenError:  # e.g. a spec whose input_size the network cannot take: the text repr instead
-            return None
-
     def to_yaml(self) -> str:
         """The spec as YAML text, with only the fields that differ from the defaults."""
         import yaml
