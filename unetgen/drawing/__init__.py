@@ -1,0 +1,1 @@
+"""Plan → pictures: the paper's Figure 1 as SVG for any network, and PNG from it."""

@@ -1,0 +1,1 @@
+"""Module → ONNX: the file contract, the verified writer and the checked reader/runner."""
