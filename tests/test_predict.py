@@ -104,7 +104,7 @@ def test_valid_3d_volume_tiled_equals_one_pass():
     ],
     ids=["2d", "2d-upsample-conv", "3d"],
 )
-def test_same_output_network_tiles_its_core_bit_for_bit(spec, shape, tile):
+def test_same_output_network_tiles_its_core_bit_for_bit(spec, shape, tile, monkeypatch):
     # The network's core runs on tiles that predict mirrors, as an output: crop network's does: each tile gives its
     # whole core output (less upsample_conv's far-side pixels), and the stitched map is the whole network's one
     # pass over the whole image to the last bit.
@@ -117,10 +117,9 @@ def test_same_output_network_tiles_its_core_bit_for_bit(spec, shape, tile):
     # A budget with no room for optimize's copy: the tiles go through the network's own core. oneDNN picks its
     # convolution algorithm by shape, so its rounding differs between a tile and the whole image (~1e-5 of the
     # scale); torch's own convolutions add in one order at every size.
-    with torch.backends.mkldnn.flags(enabled=False):
-        tiled = predict(model, image, tile_size=tile, memory=layout.peak_bytes)
-        whole = one_pass(model, image)
-    assert np.abs(tiled - whole).max() == 0
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    tiled = predict(model, image, tile_size=tile, memory=layout.peak_bytes)
+    assert np.abs(tiled - one_pass(model, image)).max() == 0
 
 
 def test_whole_same_output_network_mirrors_its_own_tiles():

@@ -496,9 +496,9 @@ def _notes(source: Any, plan: Plan, axes: tuple[AxisRule, ...]) -> tuple[str, ..
     if not isinstance(source, UNet):
         init = "init: paper, He et al." if plan.spec.init == "paper" else "PyTorch's default init"
         notes.append(f"untrained weights ({init}); export a trained checkpoint with --weights model.pt")
-    if plan.spec.norm == "batch":
+    if any(layer.kind == "norm" and layer.mode == "batch" for layer in plan.layers):
         notes.append("exported in eval mode: batch norm, with its running statistics, folded into the convolutions")
-    if plan.spec.dropout > 0:
+    if any(layer.kind == "dropout" and layer.value > 0 for layer in plan.layers):
         notes.append("exported in eval mode: dropout is off")
     if plan.same_output:
         raised: dict[int, list[str]] = {}
