@@ -235,15 +235,18 @@ def edge_margins(plan: Plan) -> tuple[tuple[int, int], ...]:
     for axis, grid in enumerate(base.lattices):
         # A probe wide enough that the spoilt pixels from the two edges never meet.
         probe = core_plan(plan, axis, grid.at_least(2 * grid.border + 4 * _field_bound(base, axis) + 2 * grid.step))
-        near, far = _spoilt(probe, axis)
+        # Run whole, the network mirrors each tile: every pixel whose window reaches past the tile's edge is
+        # spoilt (the reach covers what padded convolutions spoil), plus what pads inside the network spoil.
+        near, far = _spoilt(probe, axis, padded_convs=windows is None)
         if windows is not None:
             near, far = near + windows[axis][0], far + windows[axis][1]
         margins.append((near, far))
     return tuple(margins)
 
 
-def _spoilt(plan: Plan, axis: int) -> tuple[int, int]:
-    """Pixels at the near and far edge of the output that see a made-up pixel, along ``axis``."""
+def _spoilt(plan: Plan, axis: int, padded_convs: bool = True) -> tuple[int, int]:
+    """Pixels at the near and far edge of the output that see a made-up pixel, along ``axis`` (counting the
+    padding of convolutions only when ``padded_convs``)."""
     shapes = {"input": plan.core_input_size[axis]}
     spoilt: dict[str, tuple[int, int]] = {"input": (0, 0)}
     for layer in plan.layers:
@@ -254,9 +257,11 @@ def _spoilt(plan: Plan, axis: int) -> tuple[int, int]:
             k, s = layer.kernel[axis], layer.stride[axis]
             before, after = layer.pads[axis] if layer.pads else (0, 0)
             out = (n + before + after - k) // s + 1
-            # output o reads input pixels [o·s − before, o·s − before + k − 1]; pixels past the edge are made up
-            near = min(out, -(-(near + before) // s))
-            if far + after > 0:  # the first output that reads pixel n − far or beyond
+            # output o reads input pixels [o·s − before, o·s − before + k − 1]: spoilt where that reaches a spoilt
+            # pixel, or past the edge into the padding (when that counts)
+            if near > 0 or (before > 0 and padded_convs):
+                near = min(out, -(-(near + before) // s))
+            if far > 0 or (after > 0 and padded_convs):  # the first output that reads pixel n − far or beyond
                 far = min(out, out - max(0, -(-(n - far - k + 1 + before) // s)))
         elif kind == "conv_transpose" or (kind == "upsample" and layer.mode == "nearest"):
             f = layer.stride[axis]
