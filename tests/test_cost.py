@@ -29,6 +29,16 @@ VARIANTS = [
     (unetgen.UNetSpec(width=4, depth=3, activation="silu", block="residual", norm="group", norm_groups=2), None),
     (unetgen.UNetSpec(width=4, depth=3, activation="gelu", block="residual", padding="same"), None),
     (unetgen.UNetSpec(width=4, depth=3, activation="gelu", norm="batch"), None),
+    # nnU-Net's family (issue 13): strided and average-pooled down-sampling, residual encoders, auxiliary heads
+    (unetgen.UNetSpec(width=4, depth=4, downsampling="conv", padding="same", norm="instance", conv_bias=True,
+                      activation="leaky_relu", decoder_convs=1, deep_supervision=2), (32, 48)),
+    (unetgen.UNetSpec(width=4, depth=3, downsampling="avgpool"), None),
+    (unetgen.UNetSpec(width=4, depth=3, downsampling="conv", pool_sizes=[3, 3], kernel_sizes=[3, 5, 3]), None),
+    (unetgen.UNetSpec(width=4, depth=4, downsampling="conv", padding="same", encoder_blocks=[1, 2, 2, 3],
+                      decoder_convs=1, norm="instance", activation="leaky_relu", deep_supervision=1), (32, 32)),
+    (unetgen.UNetSpec(spatial_dims=3, width=2, depth=3, downsampling="conv", padding="same",
+                      encoder_blocks=[2, 1, 2], pool_sizes=[[1, 2, 2], 2], kernel_sizes=[[1, 3, 3], 3, 3],
+                      norm="batch"), (8, 16, 16)),
 ]
 
 
@@ -74,6 +84,10 @@ def test_flops_equal_torch_flop_counter(spec, size):
                      output="same"),
     unetgen.UNetSpec(depth=3, width=2, padding="same", output="same"),
     unetgen.UNetSpec(depth=2, width=2, kernel_sizes=[5, 3], pool_sizes=[3], convs_per_level=3),
+    unetgen.UNetSpec(depth=3, width=2, downsampling="conv", padding="same", decoder_convs=1),
+    unetgen.UNetSpec(depth=3, width=2, downsampling="conv", pool_sizes=[3, 3], kernel_sizes=[3, 5, 3]),
+    unetgen.UNetSpec(depth=3, width=2, downsampling="avgpool", upsampling="upsample_conv"),
+    unetgen.UNetSpec(depth=3, width=2, downsampling="conv", padding="same", encoder_blocks=[1, 2, 1]),
 ])
 def test_receptive_field_equals_autograd(spec):
     # Positive weights and inputs keep every ReLU open, so the gradient of an output pixel is non-zero exactly on

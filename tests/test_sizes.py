@@ -15,12 +15,20 @@ from unetgen.network.layers import MirrorPad
 @st.composite
 def geometries(draw):
     depth = draw(st.integers(1, 6))
+    strided = draw(st.booleans())  # down-sampling by the first (strided) convolution of each level
+    shrinks = tuple(draw(st.lists(st.sampled_from([0, 2, 4, 6]), min_size=depth, max_size=depth)))
+    if strided and any(shrinks):  # valid strided convolutions centre their skip only when kernel − factor is even
+        shrinks = (shrinks[0],) * depth
+    factors = [1, 3] if strided and any(shrinks) else [1, 2, 2, 3]
     return sizes.AxisGeometry(
         convs=draw(st.integers(1, 3)),
-        shrinks=tuple(draw(st.lists(st.sampled_from([0, 2, 4, 6]), min_size=depth, max_size=depth))),
-        pools=tuple(draw(st.lists(st.sampled_from([1, 2, 2, 3]), min_size=depth - 1, max_size=depth - 1))),
+        shrinks=shrinks,
+        pools=tuple(draw(st.lists(st.sampled_from(factors), min_size=depth - 1, max_size=depth - 1))),
         min_conv_inputs=tuple(draw(st.lists(st.integers(1, 3), min_size=depth, max_size=depth))),
         min_map=draw(st.sampled_from([1, 2])),
+        strided=strided,
+        kernels=tuple(s + 1 if s else 3 for s in shrinks),
+        decoder_convs=draw(st.sampled_from([None, 1, 2])),
     )
 
 

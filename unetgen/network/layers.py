@@ -18,6 +18,7 @@ from ..planning.plan import Layer
 CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_TRANSPOSE: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 MAX_POOL: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+AVG_POOL: dict[int, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 BATCH_NORM: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 INSTANCE_NORM: dict[int, type[nn.Module]] = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 FINAL: dict[str, Callable[[], nn.Module]] = {"sigmoid": nn.Sigmoid, "softmax": lambda: nn.Softmax(dim=1)}
@@ -46,6 +47,8 @@ def make_module(layer: Layer, dims: int) -> nn.Module | None:
         return CONV_TRANSPOSE[dims](layer.cin, cout, layer.kernel, stride=layer.stride, bias=layer.bias)
     if kind == "max_pool":
         return MAX_POOL[dims](layer.kernel, stride=layer.stride)
+    if kind == "avg_pool":
+        return AVG_POOL[dims](layer.kernel, stride=layer.stride)
     if kind == "upsample":
         align = None if layer.mode == "nearest" else False
         return nn.Upsample(scale_factor=tuple(float(f) for f in layer.stride), mode=layer.mode, align_corners=align)
@@ -185,6 +188,29 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.act(self.body(x) + self.crop(self.projection(x))))
+
+
+class ResidualBlockD(nn.Module):
+    """nnU-Net's BasicBlockD (Isensee et al. 2024, ``dynamic-network-architectures``): conv → norm → act → conv →
+    norm, plus the shortcut (average pool → 1×1 conv → norm where the block strides or widens), → act."""
+
+    def __init__(self, layers: OrderedDict[str, nn.Module], skip: OrderedDict[str, nn.Module]) -> None:
+        """Args:
+        layers: ``conv1, norm1, act1, conv2, norm2, act2`` (without the norms when there is none), from the plan.
+        skip: the shortcut's ``pool``, ``conv``, ``norm`` (empty: the identity).
+        """
+        super().__init__()
+        self.conv1 = layers["conv1"]
+        self.norm1 = layers.get("norm1", nn.Identity())
+        self.act1 = layers["act1"]
+        self.conv2 = layers["conv2"]
+        self.norm2 = layers.get("norm2", nn.Identity())
+        self.skip = nn.Sequential(skip) if skip else nn.Identity()
+        self.act2 = layers["act2"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        body = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        return self.act2(body + self.skip(x))
 
 
 class UpsampleConv(nn.Sequential):

@@ -8,7 +8,7 @@ The module works with ``torch.jit.script``, ``torch.export`` and ``torch.compile
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from .layers import (
     MirrorPad,
     OutputCrop,
     ResidualBlock,
+    ResidualBlockD,
     UpsampleConv,
     modules_under,
     own_module,
@@ -45,19 +46,39 @@ class EncoderLevel(nn.Module):
         return self.convs(self.pool(x))
 
 
+class ResidualEncoderLevel(nn.Module):
+    """One level of a residual encoder (nnU-Net's ResEnc): the stem (top level only), then residual blocks, the
+    first of which strides."""
+
+    def __init__(self, stem: nn.Module | None, blocks: nn.Module) -> None:
+        """Args:
+        stem: conv → norm → act at the top level, else None.
+        blocks: the level's residual blocks.
+        """
+        super().__init__()
+        self.stem = stem if stem is not None else nn.Identity()
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+
 class DecoderLevel(nn.Module):
     """One level of the expanding path: up-convolution, centre-crop of the skip, concatenation, convolutions."""
 
-    def __init__(self, up: nn.Module, crop: CentreCrop, convs: nn.Module) -> None:
+    def __init__(self, up: nn.Module, crop: CentreCrop, convs: nn.Module, head: nn.Module | None = None) -> None:
         """Args:
         up: the up-convolution.
         crop: the skip connection's centre crop, its margins from the plan.
         convs: the level's block.
+        head: the level's auxiliary 1×1 head (deep supervision), or None.
         """
         super().__init__()
         self.up = up
         self.crop = crop
         self.convs = convs
+        self.has_head: bool = head is not None
+        self.head = head if head is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.convs(torch.cat([self.crop(skip), self.up(x)], dim=1))
@@ -100,9 +121,19 @@ class UNet(nn.Module):
             )
 
         names = {layer.name for layer in layers}
-        levels = []
+        levels: list[nn.Module] = []
         for level in range(plan.depth):
             name = sizes.level_name(level, plan.depth)
+            if f"{name}.blocks.0.conv1" in names:  # a residual encoder level (nnU-Net's ResEnc)
+                count = sum(f"{name}.blocks.{i}.conv1" in names for i in range(len(layers)))
+                blocks = [
+                    ResidualBlockD(modules_under(layers, f"{name}.blocks.{i}.", dims),
+                                   modules_under(layers, f"{name}.blocks.{i}.skip.", dims))
+                    for i in range(count)
+                ]
+                stem = modules_under(layers, f"{name}.stem.", dims)
+                levels.append(ResidualEncoderLevel(nn.Sequential(stem) if stem else None, nn.Sequential(*blocks)))
+                continue
             pool = own_module(layers, f"{name}.pool", dims)
             levels.append(EncoderLevel(pool, block(f"{name}.convs.")))
         self.encoder = nn.ModuleList(levels[:-1])
@@ -113,12 +144,16 @@ class UNet(nn.Module):
             prefix = f"decoder.{skip.level}"
             up = own_module(layers, f"{prefix}.up", dims) or UpsampleConv(modules_under(layers, f"{prefix}.up.", dims))
             crop = own_module(layers, f"{prefix}.crop", dims)
-            decoder[str(skip.level)] = DecoderLevel(up, crop, block(f"{prefix}.convs."))
+            head = own_module(layers, f"{prefix}.head", dims)
+            decoder[str(skip.level)] = DecoderLevel(up, crop, block(f"{prefix}.convs."), head)
         self.decoder = nn.ModuleDict(decoder)
         self.head = own_module(layers, "head", dims)
         self.pad_input = MirrorPad()
         self.crop_output = OutputCrop()
         self.final = own_module(layers, "final", dims) or nn.Identity()
+        #: Whether the network has auxiliary heads (deep supervision), and whether eval mode returns them too.
+        self.deep_supervision: bool = len(plan.heads) > 1
+        self.return_heads: bool = False
 
     @torch.jit.unused
     def check(self, x: torch.Tensor) -> None:
@@ -143,8 +178,12 @@ class UNet(nn.Module):
         if len(self._checked) < 1024:
             self._checked.add(key)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         """Segment ``x`` of shape ``(batch, in_channels, *spatial)``.
+
+        Returns:
+            The output; with deep supervision, in training mode (or with ``return_heads`` set), the list of outputs,
+            highest resolution first: the main output, then each auxiliary head's (nnU-Net's convention).
 
         Raises:
             SizeError: (in eager mode) when the network cannot take ``x``'s shape.
@@ -157,20 +196,25 @@ class UNet(nn.Module):
         rounds: List[List[int]] = []
         if self.same_output:
             rounds, margins = self._same_output(x)
-        x = self._run(x, rounds, self.same_output)
+        heads = self.deep_supervision and (self.training or self.return_heads)
+        outputs = self._run(x, rounds, self.same_output, heads)
+        x = outputs[0]
         if self.same_output:
             x = self.crop_output(x, margins)
-        return self.final(x)
+        if len(outputs) == 1:
+            return self.final(x)
+        return [self.final(x)] + [self.final(head) for head in outputs[1:]]
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """The network without the mirroring and the output crop of ``output: same``: a valid network that takes the
         sizes of ``plan.lattices`` and returns its output less ``plan.border`` per side (the final activation
-        included). For every network this is what ``forward`` runs on the mirrored input."""
-        return self._run(x, [], False)
+        not included). For every network this is what ``forward`` runs on the mirrored input."""
+        return self._run(x, [], False, False)[0]
 
-    def _run(self, x: torch.Tensor, rounds: List[List[int]], mirror: bool) -> torch.Tensor:
-        """Mirror by ``rounds`` (when ``mirror``), then the core network. The mirrored input is this frame's
-        alone, so it is released once the first level has used it."""
+    def _run(self, x: torch.Tensor, rounds: List[List[int]], mirror: bool, heads: bool) -> List[torch.Tensor]:
+        """Mirror by ``rounds`` (when ``mirror``), then the core network: its main output, then (with ``heads``)
+        the auxiliary heads' outputs, highest resolution first. The mirrored input is this frame's alone, so it is
+        released once the first level has used it."""
         if mirror:
             x = self.pad_input(x, rounds)
         skips: List[torch.Tensor] = []
@@ -178,6 +222,7 @@ class UNet(nn.Module):
             x = level(x)
             skips.append(x)
         x = self.bottleneck(x)
+        auxiliary: List[torch.Tensor] = []
         for level in self.decoder.values():
             # DecoderLevel.forward, inlined so that each tensor is released as soon as it has been used: the
             # map from below once it is up-sampled, the skip once it is concatenated.
@@ -186,7 +231,10 @@ class UNet(nn.Module):
             x = torch.cat([level.crop(skip), up], dim=1)
             del skip, up
             x = level.convs(x)
-        return self.head(x)
+            if heads and level.has_head:
+                auxiliary.append(level.head(x))
+        auxiliary.reverse()  # the decoder ran deepest first
+        return [self.head(x)] + auxiliary
 
     def core(self) -> nn.Module:
         """The core network as a module of its own (see :meth:`forward_core`); it shares this network's weights."""

@@ -55,7 +55,7 @@ def layer_macs(layer: Layer) -> int:
 
 def peak_activation_values(plan: Plan) -> int:
     """Peak number of values (per sample) alive at once in one pass, by the rule in this module's docstring."""
-    layers = plan.layers
+    layers = plan.main_layers
     buffer_of: dict[str, str] = {"input": "input"}  # tensor → the buffer it lives in (views share their input's)
     sizes: dict[str, int] = {"input": math.prod(plan.input_shape)}
     last_use: dict[str, int] = {}
@@ -88,7 +88,7 @@ def estimate(plan: Plan, batch: int = 1, bytes_per_value: int = 4) -> Cost:
     Returns:
         The :class:`Cost`.
     """
-    layers = plan.layers
+    layers = plan.main_layers
     # Batch norm keeps a running mean and variance (approximated as two values per level's width).
     norm_buffers = 0
     if any(layer.kind == "norm" and layer.mode == "batch" for layer in layers):

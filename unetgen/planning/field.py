@@ -51,7 +51,7 @@ def core_plan(plan: Plan, axis: int | None = None, size: int | None = None) -> P
 
 
 def _pads_anything(plan: Plan) -> bool:
-    return any(layer.pads_anything for layer in plan.layers)
+    return any(layer.pads_anything for layer in plan.main_layers)
 
 
 def receptive_field(plan: Plan) -> tuple[Field, ...]:
@@ -91,10 +91,10 @@ def _field_bound(plan: Plan, axis: int) -> int:
     ``(lo, hi, J)`` of its inputs to its output's.
     """
     seen: dict[str, tuple[int, int, int]] = {"input": (0, 0, 1)}
-    for layer in plan.layers:
+    for layer in plan.main_layers:
         lo, hi, jump = seen[layer.inputs[0]]
         kind = layer.kind
-        if kind in ("conv", "max_pool"):
+        if kind in ("conv", "max_pool", "avg_pool"):
             k, s = layer.kernel[axis], layer.stride[axis]
             before = layer.pads[axis][0] if layer.pads else 0
             lo, hi, jump = lo - before * jump, hi + (k - 1 - before) * jump, jump * s
@@ -110,7 +110,7 @@ def _field_bound(plan: Plan, axis: int) -> int:
             others = [seen[name] for name in layer.inputs]
             lo, hi = min(o[0] for o in others), max(o[1] for o in others)
         seen[layer.name] = (lo, hi, jump)
-    lo, hi, _ = seen[plan.layers[-1].name]
+    lo, hi, _ = seen[plan.main_layers[-1].name]
     return hi - lo + 1
 
 
@@ -158,13 +158,13 @@ def input_windows(plan: Plan, axis: int) -> list[Interval]:
     """
     maps: dict[str, list[Interval]] = {"input": [(i, i) for i in range(plan.core_input_size[axis])]}
     last = "input"
-    for layer in plan.layers:
+    for layer in plan.main_layers:
         current = maps[layer.inputs[0]]
         kind = layer.kind
         if kind in ("mirror", "output_crop"):
             maps[layer.name] = current
             continue
-        if kind in ("conv", "max_pool"):
+        if kind in ("conv", "max_pool", "avg_pool"):
             before, after = layer.pads[axis] if layer.pads else (0, 0)
             current = _conv(current, layer.kernel[axis], layer.stride[axis], before, after)
         elif kind == "conv_transpose":  # kernel = stride = f: fine pixel i comes from coarse pixel i // f
@@ -199,7 +199,7 @@ def stitching(plan: Plan) -> Mode:
         ``exact`` when no convolution pads and every norm acts on each pixel alone (none, or batch norm in eval
         mode), else ``blend``.
     """
-    layers = plan.layers
+    layers = plan.main_layers
     padded = any(layer.kind == "conv" and layer.pads_anything for layer in layers)
     return "exact" if not padded and _local_norms(layers) else "blend"
 
@@ -249,11 +249,11 @@ def _spoilt(plan: Plan, axis: int, padded_convs: bool = True) -> tuple[int, int]
     padding of convolutions only when ``padded_convs``)."""
     shapes = {"input": plan.core_input_size[axis]}
     spoilt: dict[str, tuple[int, int]] = {"input": (0, 0)}
-    for layer in plan.layers:
+    for layer in plan.main_layers:
         near, far = spoilt[layer.inputs[0]]
         n = shapes[layer.inputs[0]]
         kind = layer.kind
-        if kind in ("conv", "max_pool"):
+        if kind in ("conv", "max_pool", "avg_pool"):
             k, s = layer.kernel[axis], layer.stride[axis]
             before, after = layer.pads[axis] if layer.pads else (0, 0)
             out = (n + before + after - k) // s + 1
@@ -279,7 +279,7 @@ def _spoilt(plan: Plan, axis: int, padded_convs: bool = True) -> tuple[int, int]
             far = max(spoilt[name][1] for name in layer.inputs)
         spoilt[layer.name] = (near, far)
         shapes[layer.name] = layer.shape[1 + axis]
-    return spoilt[plan.layers[-1].name]
+    return spoilt[plan.main_layers[-1].name]
 
 
 def _spoilt_linear(near: int, far: int, n: int, f: int) -> tuple[int, int]:

@@ -31,6 +31,7 @@ LAYER_KINDS = {
     "conv": "convolution (``kernel``, ``stride``, ``pads`` per axis, ``mode`` = padding mode, ``bias``)",
     "conv_transpose": "transposed convolution (``kernel``, ``stride``, ``bias``)",
     "max_pool": "max-pooling (``kernel`` = ``stride``)",
+    "avg_pool": "average pooling (``kernel`` = ``stride``)",
     "upsample": "interpolation by ``stride`` (``mode``: a torch interpolation mode)",
     "pad": "pad ``pads`` per axis (``mode``: a torch pad mode)",
     "norm": "normalisation (``mode``: batch, instance, group or layer; ``groups``)",
@@ -72,6 +73,8 @@ class Layer:
         groups: a group norm's groups.
         holds: outputs kept alive until this layer has run, beyond its inputs (what PyTorch keeps while a module
             runs: its call's arguments, a variable the forward still names).
+        auxiliary: an auxiliary output (a deep-supervision head): run in training mode, or when the heads are asked
+            for; an inference pass skips it.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Layer:
     value: float = 0.0
     groups: int = 0
     holds: tuple[str, ...] = ()
+    auxiliary: bool = False
 
     @property
     def in_place(self) -> bool:
@@ -194,6 +198,18 @@ class Plan:
         """Every layer, in the order the network runs them."""
         return tuple(layer for block in self.blocks for layer in block.layers)
 
+    @property
+    def main_layers(self) -> tuple[Layer, ...]:
+        """The layers an inference pass runs: all but the auxiliary heads."""
+        return tuple(layer for layer in self.layers if not layer.auxiliary)
+
+    @property
+    def heads(self) -> tuple[Layer, ...]:
+        """The outputs, highest resolution first: the main head (before the output crop and final activation), then
+        the auxiliary heads of deep supervision by level."""
+        heads = [layer for layer in self.layers if layer.auxiliary]
+        return (self.layer("head"), *sorted(heads, key=lambda layer: layer.name))
+
     def layer(self, name: str) -> Layer:
         """The layer called ``name``.
 
@@ -266,8 +282,18 @@ def geometry(spec: UNetSpec) -> tuple[sizes.AxisGeometry, ...]:
             minimums = tuple(_min_padded_input(spec.padding_mode, (k - 1) // 2) for k in kernels)
         pools = tuple(spec.pool(level)[axis] for level in range(spec.depth - 1))
         min_map = 2 if _norm_needs_two_pixels(spec) else 1
-        axes.append(sizes.AxisGeometry(spec.convs_per_level, shrinks, pools, minimums, min_map))
+        encoder_convs: tuple[int, ...] = ()
+        if spec.encoder_blocks is not None:  # a stem, then two convolutions a block
+            encoder_convs = tuple(2 * blocks + (level == 0) for level, blocks in enumerate(spec.encoder_blocks))
+        axes.append(sizes.AxisGeometry(
+            spec.convs_per_level, shrinks, pools, minimums, min_map,
+            strided=spec.downsampling == "conv", kernels=tuple(kernels), encoder_convs=encoder_convs,
+            decoder_convs=spec.decoder_convs, down=_DOWN_WORDS[spec.downsampling],
+        ))
     return tuple(axes)
+
+
+_DOWN_WORDS = {"maxpool": "max-pools", "avgpool": "average-pools", "conv": "strides over"}
 
 
 def _norm_needs_two_pixels(spec: UNetSpec) -> bool:
@@ -353,18 +379,34 @@ def _resolve_sizes(
     return grids, tuple(ios), tuple(traces)
 
 
-def _block_words(spec: UNetSpec, level: int, widths: tuple[int, ...]) -> str:
+def _residual_encoder_words(spec: UNetSpec, level: int) -> str:
+    """E.g. ``stem conv 3×3, 3× residual block [conv 3×3 stride 2×2, conv 3×3] (instance norm, leaky_relu 0.01)``."""
+    kernel = _fmt(spec.kernel(level))
+    stride = f" stride {_fmt(spec.pool(level - 1))}" if level > 0 else ""
+    extras = (f"{spec.norm} norm, " if spec.norm != "none" else "") + _activation_words(spec)
+    count = spec.encoder_blocks[level] if spec.encoder_blocks else 0
+    words = f"{count}× residual block [conv {kernel}{stride}, conv {kernel}] ({extras})"
+    return f"stem conv {kernel}, {words}" if level == 0 else words
+
+
+def _activation_words(spec: UNetSpec) -> str:
+    return spec.activation if spec.activation != "leaky_relu" else f"leaky_relu {spec.negative_slope:g}"
+
+
+def _block_words(spec: UNetSpec, level: int, widths: tuple[int, ...], stride: tuple[int, ...] | None = None) -> str:
     """E.g. ``2× [conv 3×3 valid, relu]`` or ``[conv 3×3×3 → 32, conv 3×3×3 → 64] (batch norm, relu)``."""
     kernel = _fmt(spec.kernel(level))
     pad = spec.padding + (f" {spec.padding_mode}" if spec.padding == "same" and spec.padding_mode != "zeros" else "")
     parts = [f"conv {kernel} {pad}"]
     if spec.norm != "none":
         parts.append(f"{spec.norm} norm")
-    parts.append(spec.activation if spec.activation != "leaky_relu" else f"leaky_relu {spec.negative_slope:g}")
+    parts.append(_activation_words(spec))
     if len(set(widths)) == 1:
         words = f"{len(widths)}× [{', '.join(parts)}]"
     else:
         words = f"{len(widths)}× [{', '.join(parts)}] → {'/'.join(map(str, widths))} ch"
+    if stride is not None:
+        words += f", the first with stride {_fmt(stride)}"
     if spec.block == "residual":
         words = f"residual {words}"
     if spec.dropout_at == "every_level" or (spec.dropout_at == "bottleneck" and level == spec.depth - 1):
@@ -388,7 +430,7 @@ class _Layers:
         cout = fields.pop("cout", cin)
         kernel, stride = fields.get("kernel", ()), fields.get("stride", ())
         pads, crop = fields.get("pads", ()), fields.get("crop", ())
-        if kind in ("conv", "max_pool"):
+        if kind in ("conv", "max_pool", "avg_pool"):
             pads_ = pads or ((0, 0),) * len(spatial)
             spatial = [(n + a + b - k) // s + 1 for n, (a, b), k, s in zip(spatial, pads_, kernel, stride)]
         elif kind in ("conv_transpose", "upsample"):
@@ -405,26 +447,57 @@ class _Layers:
         self.layers.append(Layer(name, kind, inputs, shape, cin=cin, **fields))
         return name
 
-    def convs(self, prefix: str, source: str, widths: tuple[int, ...], kernel: tuple[int, ...],
-              last_activation: bool = True) -> str:
-        """``conv{i} → norm{i} → act{i}`` for each width (no activation after the last one when told)."""
+    def unit(self, source: str, width: int, kernel: tuple[int, ...], names: tuple[str, str, str | None],
+             stride: tuple[int, ...] | None = None, bias: bool | None = None) -> str:
+        """conv → norm → act, named ``names`` (no activation when its name is None)."""
         spec = self.spec
         dims = len(kernel)
         pads = tuple(((k - 1) // 2,) * 2 for k in kernel) if spec.padding == "same" else ((0, 0),) * dims
+        cin = self.shapes[source][0]
+        bias = spec.uses_conv_bias if bias is None else bias
+        current = self.add(
+            names[0], "conv", (source,), cout=width, kernel=kernel, stride=stride or (1,) * dims, pads=pads,
+            mode=spec.padding_mode, bias=bias, params=cin * width * math.prod(kernel) + int(bias) * width,
+        )
+        if spec.norm != "none":
+            current = self.norm(names[1], current)
+        if names[2] is not None:
+            current = self.activation(names[2], current)
+        return current
+
+    def norm(self, name: str, source: str) -> str:
+        spec = self.spec
+        return self.add(name, "norm", (source,), mode=spec.norm, params=2 * self.shapes[source][0],
+                        groups={"group": spec.norm_groups, "layer": 1}.get(spec.norm, 0))
+
+    def convs(self, prefix: str, source: str, widths: tuple[int, ...], kernel: tuple[int, ...],
+              last_activation: bool = True, stride: tuple[int, ...] | None = None) -> str:
+        """``conv{i} → norm{i} → act{i}`` for each width (no activation after the last one when told); the first
+        convolution strides by ``stride``."""
         current = source
         for index, width in enumerate(widths):
-            cin = self.shapes[current][0]
-            taps = math.prod(kernel)
-            bias = spec.uses_conv_bias
-            current = self.add(
-                f"{prefix}conv{index}", "conv", (current,), cout=width, kernel=kernel, stride=(1,) * dims, pads=pads,
-                mode=spec.padding_mode, bias=bias, params=cin * width * taps + int(bias) * width,
-            )
-            if spec.norm != "none":
-                current = self.add(f"{prefix}norm{index}", "norm", (current,), mode=spec.norm, params=2 * width,
-                                   groups={"group": spec.norm_groups, "layer": 1}.get(spec.norm, 0))
-            if last_activation or index < len(widths) - 1:
-                current = self.activation(f"{prefix}act{index}", current)
+            act = f"{prefix}act{index}" if last_activation or index < len(widths) - 1 else None
+            current = self.unit(current, width, kernel, (f"{prefix}conv{index}", f"{prefix}norm{index}", act),
+                                stride=stride if index == 0 else None)
+        return current
+
+    def residual_d(self, prefix: str, source: str, width: int, kernel: tuple[int, ...],
+                   stride: tuple[int, ...]) -> str:
+        """nnU-Net's BasicBlockD: conv → norm → act → conv → norm, plus the shortcut (average-pooled where the block
+        strides, then a 1×1 convolution without bias and a norm where it strides or widens), → act."""
+        start = len(self.layers)
+        body = self.unit(source, width, kernel, (f"{prefix}conv1", f"{prefix}norm1", f"{prefix}act1"), stride=stride)
+        body = self.unit(body, width, kernel, (f"{prefix}conv2", f"{prefix}norm2", None))
+        shortcut = source
+        dims = len(kernel)
+        if any(f != 1 for f in stride) or self.shapes[source][0] != width:
+            if any(f != 1 for f in stride):
+                shortcut = self.add(f"{prefix}skip.pool", "avg_pool", (shortcut,), kernel=stride, stride=stride)
+            shortcut = self.unit(shortcut, width, (1,) * dims, (f"{prefix}skip.conv", f"{prefix}skip.norm", None),
+                                 bias=False)
+        current = self.add(f"{prefix}add", "add", (body, shortcut))
+        current = self.activation(f"{prefix}act2", current)
+        self._hold(start, source)
         return current
 
     def activation(self, name: str, source: str) -> str:
@@ -432,14 +505,15 @@ class _Layers:
         return self.add(name, "act", (source,), mode=spec.activation, value=spec.negative_slope,
                         params=int(spec.activation == "prelu"))
 
-    def block(self, prefix: str, source: str, widths: tuple[int, ...], kernel: tuple[int, ...], dropout: float) -> str:
+    def block(self, prefix: str, source: str, widths: tuple[int, ...], kernel: tuple[int, ...], dropout: float,
+              stride: tuple[int, ...] | None = None) -> str:
         """A level's block, reading ``source``: plain or residual, then dropout; the call holds its input."""
         spec = self.spec
         start = len(self.layers)
         if spec.block == "plain":
-            current = self.convs(prefix, source, widths, kernel)
+            current = self.convs(prefix, source, widths, kernel, stride=stride)
         else:
-            body = self.convs(f"{prefix}body.", source, widths, kernel, last_activation=False)
+            body = self.convs(f"{prefix}body.", source, widths, kernel, last_activation=False, stride=stride)
             shortcut = source
             if self.shapes[source][0] != widths[-1]:
                 bias = spec.uses_conv_bias
@@ -523,13 +597,29 @@ def make_plan(
     for level in range(spec.depth):
         name = sizes.level_name(level, spec.depth)
         source = current
-        words = _block_words(spec, level, spec.conv_widths(level))
-        if level > 0:
-            factor = spec.pool(level - 1)
-            words = f"maxpool {_fmt(factor)} → {words}"
-            current = write.add(f"{name}.pool", "max_pool", (current,), kernel=factor, stride=factor)
-        current = write.block(f"{name}.convs.", current, spec.conv_widths(level), spec.kernel(level),
-                              dropout_at(level))
+        start = len(write.layers)
+        factor = spec.pool(level - 1) if level > 0 else None
+        stride = factor if spec.downsampling == "conv" else None
+        if spec.encoder_blocks is not None:
+            words = _residual_encoder_words(spec, level)
+            width, kernel = spec.level_channels[level], spec.kernel(level)
+            if level == 0:
+                current = write.unit(current, width, kernel, (f"{name}.stem.conv", f"{name}.stem.norm",
+                                                               f"{name}.stem.act"))
+            stem = current
+            for index in range(spec.encoder_blocks[level]):
+                current = write.residual_d(f"{name}.blocks.{index}.", current, width, kernel,
+                                           stride if index == 0 and stride else (1,) * dims)
+            if level == 0:
+                write._hold(start, stem)  # the blocks' call keeps the stem's output to its end
+        else:
+            words = _block_words(spec, level, spec.conv_widths(level), stride)
+            if factor is not None and stride is None:
+                kind = "max_pool" if spec.downsampling == "maxpool" else "avg_pool"
+                words = f"{spec.downsampling} {_fmt(factor)} → {words}"
+                current = write.add(f"{name}.pool", kind, (current,), kernel=factor, stride=factor)
+            current = write.block(f"{name}.convs.", current, spec.conv_widths(level), spec.kernel(level),
+                                  dropout_at(level), stride)
         if level == 0 and source != "input":
             write._hold(0, source)  # the level's call keeps the mirrored input to its end
         assert shapes[current][1:] == spatial(lambda t, lv=level: t.encoder[lv])
@@ -569,12 +659,17 @@ def make_plan(
             crop_words = f"encoder.{level} as is ({_fmt(source)})"
         cropped = write.add(f"{prefix}.crop", "crop", (outputs[level],), crop=tuple((c, c) for c in crop))
         block(f"{prefix}.crop", crop_words)
-        widths = (channels[level],) * spec.convs_per_level
+        widths = (channels[level],) * spec.level_decoder_convs
         joined = write.add(f"{prefix}.concat", "concat", (cropped, up), holds=(below_map,))
         current = write.block(f"{prefix}.convs.", joined, widths, spec.kernel(level), dropout_at(level))
         assert shapes[current][1:] == spatial(lambda t, lv=level: t.decoder[lv])
         words = f"concat → {shapes[joined][0]} ch, {_block_words(spec, level, widths)}"
         block(f"{prefix}.convs", words)
+        if 0 < level <= spec.deep_supervision:
+            write.add(f"{prefix}.head", "conv", (current,), cout=spec.out_channels, kernel=(1,) * dims,
+                      stride=(1,) * dims, pads=((0, 0),) * dims, mode="zeros", bias=True, auxiliary=True,
+                      params=channels[level] * spec.out_channels + spec.out_channels)
+            block(f"{prefix}.head", f"conv {_fmt((1,) * dims)}, auxiliary output (deep supervision)")
         below = channels[level]
     ones = (1,) * dims
     current = write.add("head", "conv", (current,), cout=spec.out_channels, kernel=ones, stride=ones,

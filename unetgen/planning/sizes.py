@@ -27,6 +27,12 @@ class AxisGeometry:
         min_conv_inputs: the smallest size a convolution can take at each level (a reflect-padded 3-wide kernel
             needs 2).
         min_map: the smallest map a block may output (2 where the norm refuses a single pixel).
+        strided: whether each level below the top down-samples by its first convolution (stride = the factor)
+            instead of by pooling.
+        kernels: each level's kernel (needed when ``strided``).
+        encoder_convs: convolutions of each encoder level, where they differ from ``convs`` (a residual encoder).
+        decoder_convs: convolutions of each decoder level, where they differ from ``convs``.
+        down: what down-sampling does, in error messages (``max-pools``, ``average-pools``, ``strides over``).
     """
 
     convs: int
@@ -34,6 +40,17 @@ class AxisGeometry:
     pools: tuple[int, ...]
     min_conv_inputs: tuple[int, ...]
     min_map: int = 1
+    strided: bool = False
+    kernels: tuple[int, ...] = ()
+    encoder_convs: tuple[int, ...] = ()
+    decoder_convs: int | None = None
+    down: str = "max-pools"
+
+    def level_convs(self, level: int, decoder: bool = False) -> int:
+        """Convolutions at ``level`` of the encoder (or of the decoder)."""
+        if decoder:
+            return self.convs if self.decoder_convs is None else self.decoder_convs
+        return self.encoder_convs[level] if self.encoder_convs else self.convs
 
     @property
     def depth(self) -> int:
@@ -82,9 +99,9 @@ def level_name(level: int, depth: int) -> str:
     return "bottleneck" if level == depth - 1 else f"encoder.{level}"
 
 
-def _convolve(size: int, geometry: AxisGeometry, level: int, where: str) -> int:
+def _convolve(size: int, geometry: AxisGeometry, level: int, where: str, convs: int, first: int = 0) -> int:
     shrink, minimum = geometry.shrinks[level], geometry.min_conv_inputs[level]
-    for index in range(geometry.convs):
+    for index in range(first, convs):
         if size < minimum:
             raise AxisSizeError(where, f"convolution {index + 1} gets a size of {size}, below its minimum of {minimum}")
         size -= shrink
@@ -93,6 +110,35 @@ def _convolve(size: int, geometry: AxisGeometry, level: int, where: str) -> int:
         if size < geometry.min_map:
             raise AxisSizeError(where, f"convolution {index + 1} leaves 1 pixel to normalise; the norm needs 2")
     return size
+
+
+def _down(size: int, geometry: AxisGeometry, level: int, where: str) -> int:
+    """The size after a level's down-sampling: pooling, or its first (strided) convolution. Never floors: a size
+    that leaves pixels unused is refused."""
+    factor = geometry.pools[level - 1]
+    if not geometry.strided or factor == 1 and geometry.shrinks[level] == 0:
+        if size % factor:
+            what = f"an odd size ({size})" if factor == 2 else f"a size ({size}) not divisible by {factor}"
+            raise AxisSizeError(where, f"{geometry.down} {what}")
+        return size // factor
+    kernel, shrink = geometry.kernels[level], geometry.shrinks[level]
+    if shrink == 0:  # padded: the stride must divide the size, as for pooling
+        if size % factor:
+            what = f"an odd size ({size})" if factor == 2 else f"a size ({size}) not divisible by {factor}"
+            raise AxisSizeError(where, f"strides over {what}")
+        if size < geometry.min_conv_inputs[level]:
+            raise AxisSizeError(where, f"convolution 1 gets a size of {size}, below its minimum of "
+                                       f"{geometry.min_conv_inputs[level]}")
+        return size // factor
+    if size < kernel:
+        raise AxisSizeError(where, f"convolution 1 gets a size of {size}, below its kernel ({kernel})")
+    if (size - kernel) % factor:
+        raise AxisSizeError(where, f"strides {factor} over a size ({size}) that leaves pixels unused; "
+                                   f"size − {kernel} must be divisible by {factor}")
+    out = (size - kernel) // factor + 1
+    if out < geometry.min_map:
+        raise AxisSizeError(where, "convolution 1 leaves 1 pixel to normalise; the norm needs 2")
+    return out
 
 
 def trace(size: int, geometry: AxisGeometry) -> AxisTrace:
@@ -115,13 +161,11 @@ def trace(size: int, geometry: AxisGeometry) -> AxisTrace:
     current = size
     for level in range(geometry.depth):
         where = level_name(level, geometry.depth)
+        first = 0
         if level > 0:
             factor = geometry.pools[level - 1]
-            if current % factor:
-                what = f"an odd size ({current})" if factor == 2 else f"a size ({current}) not divisible by {factor}"
-                raise AxisSizeError(where, f"max-pools {what}")
-            current //= factor
-        current = _convolve(current, geometry, level, where)
+            current, first = _down(current, geometry, level, where), int(geometry.strided)
+        current = _convolve(current, geometry, level, where, geometry.level_convs(level), first)
         encoder.append(current)
     up = [0] * (geometry.depth - 1)
     crop = [0] * (geometry.depth - 1)
@@ -136,7 +180,7 @@ def trace(size: int, geometry: AxisGeometry) -> AxisTrace:
                 where, f"cannot centre-crop its skip connection ({encoder[level]}) to the up-sampled size ({current})"
             )
         crop[level] = margin // 2
-        current = _convolve(current, geometry, level, where)
+        current = _convolve(current, geometry, level, where, geometry.level_convs(level, decoder=True))
         decoder[level] = current
     return AxisTrace(encoder=tuple(encoder), up=tuple(up), crop=tuple(crop), decoder=tuple(decoder))
 
@@ -198,6 +242,10 @@ class Lattice:
         return f"{first}+{step}k ({first}, {first + step}, {first + 2 * step}, ...)"
 
 
+#: Largest bottleneck size :func:`lattice` tries before it concludes that no size works.
+_SEARCH_LIMIT = 4096
+
+
 def lattice(geometry: AxisGeometry) -> Lattice:
     """Work out the valid input sizes along one axis.
 
@@ -219,13 +267,18 @@ def lattice(geometry: AxisGeometry) -> Lattice:
     while True:
         size = bottleneck
         for level in reversed(range(geometry.depth)):
-            size += geometry.convs * geometry.shrinks[level]
-            if level > 0:
+            strided = geometry.strided and level > 0
+            size += (geometry.level_convs(level) - strided) * geometry.shrinks[level]
+            if strided and geometry.shrinks[level]:  # the strided valid convolution: (size − kernel) / f + 1
+                size = (size - 1) * geometry.pools[level - 1] + geometry.kernels[level]
+            elif level > 0:
                 size *= geometry.pools[level - 1]
         if is_valid(size, geometry):
             output = trace(size, geometry).output
             return Lattice(first=size, step=step, border=(size - output) // 2)
         bottleneck += 1
+        if bottleneck > _SEARCH_LIMIT:  # a geometry no size satisfies (the spec's validation should prevent it)
+            raise AxisSizeError("network", "takes no input size: every size fails a crop or a stride")
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,28 @@ class UNetSpec(BaseModel):
         description="`crop`: the paper's behaviour, the output is the input less the network's border; "
         "`same`: the output has the input's size for any size, the input mirrored (reflect-padded) as needed.",
     )
+    downsampling: Literal["maxpool", "avgpool", "conv"] = Field(
+        "maxpool",
+        description="How each level below the top halves the map (by its `pool_sizes` factor): `maxpool` (the "
+        "paper), `avgpool`, or `conv`: the level's first convolution strides by the factor (nnU-Net, MONAI DynUNet).",
+    )
+    decoder_convs: int | None = Field(
+        None, ge=1, le=16,
+        description="Convolutions in each decoder level's block (default `convs_per_level`; nnU-Net's residual "
+        "encoder networks: 1).",
+    )
+    encoder_blocks: list[int] | None = Field(
+        None,
+        description="A residual encoder as nnU-Net's ResEnc networks: a stem convolution, then this many residual "
+        "blocks per level (e.g. [1, 3, 4, 6, 6, 6]); each block is conv → norm → act → conv → norm, plus the input "
+        "(average-pooled and projected by a 1×1 convolution and norm where the block strides or widens), → act. "
+        "Needs `downsampling: conv` and `padding: same`; the decoder stays plain.",
+    )
+    deep_supervision: int = Field(
+        0, ge=0, le=11,
+        description="Auxiliary 1×1 heads on this many decoder levels below the top (nnU-Net: depth − 2). In training "
+        "mode the network returns a list, highest resolution first; in eval mode the main output only.",
+    )
     input_size: list[int] | None = Field(
         None,
         description="Default input size, one value per spatial axis. Default: the smallest valid size from "
@@ -238,6 +260,66 @@ class UNetSpec(BaseModel):
             raise ValueError(f"is '{value}' but dropout is 0; give a rate such as 0.5")
         return value
 
+    @field_validator("downsampling")
+    @classmethod
+    def _strided_valid_convs_centre(cls, value: str, info: ValidationInfo) -> str:
+        if value == "conv" and info.data.get("block") == "residual":
+            raise ValueError("'conv' does not combine with `block: residual` (its shortcut does not stride); "
+                             "for nnU-Net's residual encoder give `encoder_blocks`")
+        if value != "conv" or info.data.get("padding") != "valid":
+            return value
+        data = info.data
+        try:
+            pairs = {(k, f) for level in range(1, data["depth"])
+                     for k, f in zip(_level_kernel(data, level), _level_pool(data, level - 1))}
+        except (KeyError, TypeError, IndexError):
+            return value  # an earlier field failed; it has its own error
+        bad = sorted((k, f) for k, f in pairs if (k - f) % 2)
+        if bad:
+            k, f = bad[0]
+            raise ValueError(
+                f"'conv' with padding 'valid' needs kernel − factor even at every level; kernel {k} with factor {f} "
+                "puts the strided map half a pixel off its skip connection, so no crop is central: use padding "
+                "'same', odd pool factors, or maxpool"
+            )
+        return value
+
+    @field_validator("encoder_blocks")
+    @classmethod
+    def _residual_encoder(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return value
+        data = info.data
+        depth = data.get("depth")
+        if depth is not None and len(value) != depth:
+            raise ValueError(f"has {len(value)} entries but depth is {depth}; give one block count per level")
+        for index, count in enumerate(value):
+            if not 1 <= count <= 64:
+                raise ValueError(f"entry {index}: {count} blocks; give from 1 to 64 per level")
+        if data.get("downsampling") != "conv":
+            raise ValueError("needs downsampling: conv (the first block of each level strides, as in nnU-Net)")
+        if data.get("padding") != "same":
+            raise ValueError("needs padding: same (a strided block and its average-pooled shortcut differ in size "
+                             "unpadded)")
+        if data.get("block") != "plain":
+            raise ValueError("replaces `block: residual`; leave `block` out")
+        if any(isinstance(entry, list) for entry in data.get("channels") or []):
+            raise ValueError("takes one width per level in `channels`, not one per convolution")
+        return value
+
+    @field_validator("deep_supervision")
+    @classmethod
+    def _heads_fit(cls, value: int, info: ValidationInfo) -> int:
+        depth = info.data.get("depth")
+        if value and depth is not None and value > depth - 2:
+            raise ValueError(
+                f"{value} heads but depth {depth} has {max(depth - 2, 0)} decoder levels below the top; "
+                f"give at most {max(depth - 2, 0)}"
+            )
+        if value and info.data.get("output") == "same":
+            raise ValueError("needs output: crop (a head below the top has no exact crop back to the input's size)")
+        return value
+
     @field_validator("input_size")
     @classmethod
     def _input_size_matches_dims(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
@@ -267,15 +349,17 @@ class UNetSpec(BaseModel):
 
     def kernel(self, level: int) -> tuple[int, ...]:
         """Kernel size per axis at ``level`` (encoder and decoder alike)."""
-        if self.kernel_sizes is None:
-            return (self.kernel_size,) * self.spatial_dims
-        return _per_axis(self.kernel_sizes[level], self.spatial_dims)
+        fields = {"kernel_sizes": self.kernel_sizes, "kernel_size": self.kernel_size, "spatial_dims": self.spatial_dims}
+        return _level_kernel(fields, level)
 
     def pool(self, level: int) -> tuple[int, ...]:
-        """Max-pool (and up-sampling) factor per axis between ``level`` and ``level + 1``."""
-        if self.pool_sizes is None:
-            return (2,) * self.spatial_dims
-        return _per_axis(self.pool_sizes[level], self.spatial_dims)
+        """Down-sampling (and up-sampling) factor per axis between ``level`` and ``level + 1``."""
+        return _level_pool({"pool_sizes": self.pool_sizes, "spatial_dims": self.spatial_dims}, level)
+
+    @property
+    def level_decoder_convs(self) -> int:
+        """Convolutions in each decoder level's block."""
+        return self.convs_per_level if self.decoder_convs is None else self.decoder_convs
 
     def replace(self, **changes: Any) -> UNetSpec:
         """Return a copy with some fields changed, validated again.
@@ -298,6 +382,20 @@ class UNetSpec(BaseModel):
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def _level_kernel(data: dict[str, Any], level: int) -> tuple[int, ...]:
+    """Kernel per axis at ``level`` from (possibly partly validated) field data."""
+    if data.get("kernel_sizes") is None:
+        return (data["kernel_size"],) * data["spatial_dims"]
+    return _per_axis(data["kernel_sizes"][level], data["spatial_dims"])
+
+
+def _level_pool(data: dict[str, Any], level: int) -> tuple[int, ...]:
+    """Pool factor per axis below ``level`` from (possibly partly validated) field data."""
+    if data.get("pool_sizes") is None:
+        return (2,) * data["spatial_dims"]
+    return _per_axis(data["pool_sizes"][level], data["spatial_dims"])
 
 
 def _per_axis(entry: int | list[int], dims: int) -> tuple[int, ...]:
