@@ -157,7 +157,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"exporting {label} to {path} ...", flush=True)
     report = export_onnx(
         source, path, input_size=args.input_size, opset=args.opset, static=args.static,
-        batch=args.batch if args.batch is not None else 1, verify=not args.no_verify,
+        batch=args.batch if args.batch is not None else 1, verify=not args.no_verify, heads=args.heads,
     )
     print(report.describe(), end="")
     return 0
@@ -349,6 +349,10 @@ def _parser() -> argparse.ArgumentParser:
         "--static", action="store_true", help="fix every dimension (batch and size) for runtimes that need it"
     )
     export.add_argument("--batch", type=int, metavar="N", help="the batch size of a --static file (default: 1)")
+    export.add_argument(
+        "--heads", action="store_true",
+        help="deep supervision: write every auxiliary head as a named output too (default: the main output only)",
+    )
     export.add_argument("--no-verify", action="store_true", help="skip the checks (not recommended)")
     export.set_defaults(func=_cmd_export)
     inspect = commands.add_parser(

@@ -39,6 +39,13 @@ def output_name(plan: Plan) -> str:
     return "logits" if plan.final_activation == "none" else "probabilities"
 
 
+def head_names(plan: Plan) -> tuple[str, ...]:
+    """The graph outputs of a file exported with every head: the main output, then ``<output>_level<l>`` for each
+    auxiliary head of deep supervision, highest resolution first."""
+    levels = [layer.name.split(".")[1] for layer in plan.heads[1:]]
+    return (output_name(plan), *(f"{output_name(plan)}_level{level}" for level in levels))
+
+
 def output_mode(plan: Plan) -> str:
     """The ``output_mode`` written under ``unetgen.sizes``: ``same`` or ``crop``."""
     return "same" if plan.same_output else "crop"
@@ -91,6 +98,7 @@ class SizesMetadata:
         output_mode: ``same`` or ``crop`` (:func:`output_mode`).
         export_size: the size the file was exported (and first checked) at.
         axes: the size rules of each spatial axis.
+        heads: the auxiliary outputs (deep supervision) after the main one, when exported with every head.
     """
 
     input: str
@@ -99,6 +107,7 @@ class SizesMetadata:
     output_mode: str
     export_size: tuple[int, ...]
     axes: tuple[AxisRule, ...]
+    heads: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """The entry's text."""
@@ -111,6 +120,8 @@ class SizesMetadata:
             "export_size": list(self.export_size),
             "axes": [rule.to_dict() for rule in self.axes],
         }
+        if self.heads:
+            data["heads"] = list(self.heads)
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -130,6 +141,7 @@ class SizesMetadata:
             output_mode=str(data["output_mode"]),
             export_size=tuple(int(s) for s in data["export_size"]),
             axes=tuple(AxisRule(**rule) for rule in data["axes"]),
+            heads=tuple(str(name) for name in data.get("heads", ())),
         )
 
 
@@ -204,6 +216,7 @@ __all__ = [
     "AxisRule",
     "SizesMetadata",
     "output_name",
+    "head_names",
     "output_mode",
     "external_data_name",
     "is_external_data_name",

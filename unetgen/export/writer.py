@@ -63,6 +63,7 @@ from .contract import (
     is_external_data_name,
     output_mode,
     output_name,
+    head_names,
     shape_words,
     size_rule_lines,
 )
@@ -128,6 +129,7 @@ class ExportReport:
         export_seconds: time spent in torch.export and torch.onnx.
         verify_seconds: time spent checking.
         notes: what a user should know about the file (untrained weights, eval mode, sizes it refuses).
+        heads: the auxiliary outputs (deep supervision) written after the main one (``heads=True``).
     """
 
     path: Path | None
@@ -145,6 +147,7 @@ class ExportReport:
     export_seconds: float = 0.0
     verify_seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    heads: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -170,6 +173,8 @@ class ExportReport:
             f"input  {INPUT_NAME:<13} float32 {shape_words(plan, self.axes, self.batch, output=False)}",
             f"output {output_name(plan):<13} float32 {shape_words(plan, self.axes, self.batch, output=True)}",
         ]
+        for name, head in zip(self.heads, plan.heads[1:]):
+            lines.append(f"output {name:<13} float32 (auxiliary head, {size_text(head.shape)} at the export size)")
         lines += [f"  {line}" for line in size_rule_lines(plan, self.axes, self.static)]
         if not self.verified:
             lines.append("checks: skipped (--no-verify)")
@@ -232,6 +237,7 @@ def export_onnx(
     batch: int = 1,
     verify: bool = True,
     raise_on_failure: bool = True,
+    heads: bool = False,
 ) -> ExportReport:
     """Export a network to one ONNX file, check it with onnxruntime against torch, and write it atomically.
 
@@ -248,6 +254,8 @@ def export_onnx(
             other sizes and at batch 2 (static files: at their one shape). On by default.
         raise_on_failure: raise :class:`~unetgen.errors.ExportError` when a check fails; with False, return the
             report (its ``errors`` say what failed, ``path`` is None). Either way no file is written.
+        heads: with deep supervision, export every head as a named output (:func:`~unetgen.export.contract.head_names`:
+            ``logits``, ``logits_level1``, ...), each checked against torch; by default the main output only.
 
     Returns:
         The report: path, opset, size rules, the checks and their errors.
@@ -270,6 +278,9 @@ def export_onnx(
         raise ExportError(f"batch {batch!r}: give a batch size from 1 up")
     if batch != 1 and not static:
         raise ExportError(f"batch {batch}: a fixed batch size needs static shapes; add --static (or drop --batch)")
+    if heads and len(plan.heads) == 1:
+        raise ExportError(f"{spec.name}: --heads exports the auxiliary heads of deep supervision, and this network "
+                          "has none; set deep_supervision in the spec or leave --heads out")
     model = source if isinstance(source, UNet) else build(spec, input_size)
     started = time.perf_counter()
     was_training = model.training
@@ -277,7 +288,7 @@ def export_onnx(
     try:
         # batch norms folded into their convolutions and dropout removed (what every runtime gains from); the
         # checks below compare the file with ``model`` itself
-        onnx_model, axes = _export(optimize(model, for_export=True), plan, opset, static, batch)
+        onnx_model, axes = _export(optimize(model, for_export=True), plan, opset, static, batch, heads)
         export_seconds = time.perf_counter() - started
         for rule, size in zip(axes, plan.input_size):
             if (rule.dynamic and size < rule.minimum) or (not rule.dynamic and size != rule.minimum):
@@ -287,10 +298,10 @@ def export_onnx(
                     + " along this axis (what torch.export proved); export this size with --static"
                 )
         fixed = batch if static else None
-        _annotate(onnx_model, plan, axes, fixed)
+        _annotate(onnx_model, plan, axes, fixed, heads)
         report = ExportReport(
             path=None, spec=spec, opset=opset, input_size=plan.input_size, batch=fixed, axes=axes,
-            export_seconds=export_seconds, notes=_notes(source, plan, axes),
+            export_seconds=export_seconds, notes=_notes(source, plan, axes), heads=head_names(plan)[1:] if heads else (),
         )
         return _check_and_write(model, onnx_model, report, target, verify, raise_on_failure)
     finally:
@@ -328,7 +339,9 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _export(model: UNet, plan: Plan, opset: int, static: bool, batch: int) -> tuple[Any, tuple[AxisRule, ...]]:
+def _export(
+    model: UNet, plan: Plan, opset: int, static: bool, batch: int, heads: bool = False
+) -> tuple[Any, tuple[AxisRule, ...]]:
     """torch.export → torch.onnx; the ONNX IR model and what torch proved about each spatial axis."""
     spec = plan.spec
     ids = DIM_NAMES[spec.spatial_dims]
@@ -345,12 +358,14 @@ def _export(model: UNet, plan: Plan, opset: int, static: bool, batch: int) -> tu
         else:
             for axis, grid in enumerate(grids):
                 dynamic[axis + 2] = grid.step * torch.export.Dim(f"k_{ids[axis]}", min=0) + grid.first
+    if heads:
+        module = _EveryHead(model)
     log.info("exporting %s at %s (%s)", spec.name, size_text(sample.shape), "static" if static else "dynamic")
     with _quiet_exporter():
         program = torch.export.export(module, (sample,), dynamic_shapes={"x": dynamic} if dynamic else None)
         onnx_program = torch.onnx.export(
             program, (sample,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[output_name(plan)], verbose=False, optimize=True,
+            output_names=list(head_names(plan) if heads else [output_name(plan)]), verbose=False, optimize=True,
         )
     axes = []
     for (name, grid), (dynamic_axis, proven) in zip(zip(plan.axis_names, grids), _proven_sizes(program, spec)):
@@ -415,6 +430,24 @@ def _same_output_minimum(grid: Any) -> int:
     return max(2, grid.first - grid.step - 2 * grid.border + 1)
 
 
+class _EveryHead(nn.Module):
+    """The network with every head as an output (deep supervision), main output first, whatever the mode."""
+
+    def __init__(self, model: UNet) -> None:
+        """Args:
+        model: a network with auxiliary heads.
+        """
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.model.return_heads = True
+        try:
+            return tuple(self.model(x))
+        finally:
+            self.model.return_heads = False
+
+
 class _SameOutputForExport(nn.Module):
     """``output: same`` in operations torch.export keeps symbolic: reflected-index gathers and a branch-free crop.
 
@@ -451,7 +484,9 @@ class _SameOutputForExport(nn.Module):
 # --- metadata ----------------------------------------------------------------------------------------------
 
 
-def _annotate(onnx_model: Any, plan: Plan, axes: tuple[AxisRule, ...], batch: int | None) -> None:
+def _annotate(
+    onnx_model: Any, plan: Plan, axes: tuple[AxisRule, ...], batch: int | None, heads: bool = False
+) -> None:
     """Name the dimensions and write the spec, the version and the size rules into the model's metadata."""
     spec = plan.spec
     ids = DIM_NAMES[spec.spatial_dims]
@@ -472,9 +507,22 @@ def _annotate(onnx_model: Any, plan: Plan, axes: tuple[AxisRule, ...], batch: in
             outs.append(ir.SymbolicDim(f"{rule.step}*{k} + {rule.first - 2 * rule.border}"))
     graph.inputs[0].shape = ir.Shape([batch_dim, plan.input_shape[0], *ins])
     graph.outputs[0].shape = ir.Shape([batch_dim, plan.output_shape[0], *outs])
+    if heads:  # each head's size is linear in each axis's k too: read it off the plans at k = 0 and k = 1
+        firsts = [rule.first if rule.dynamic else rule.minimum for rule in axes]
+        at = [make_plan(spec, firsts).heads]
+        for axis, rule in enumerate(axes):
+            bigger = list(firsts)
+            bigger[axis] += rule.step if rule.dynamic else 0
+            at.append(make_plan(spec, bigger).heads)
+        for index, output in enumerate(graph.outputs[1:], 1):
+            dims: list[Any] = []
+            for axis, rule in enumerate(axes):
+                low, high = at[0][index].shape[1 + axis], at[1 + axis][index].shape[1 + axis]
+                dims.append(ir.SymbolicDim(f"{high - low}*k_{ids[axis]} + {low}") if rule.dynamic else low)
+            output.shape = ir.Shape([batch_dim, plan.output_shape[0], *dims])
     sizes = SizesMetadata(
         input=INPUT_NAME, output=output_name(plan), batch=batch, output_mode=output_mode(plan),
-        export_size=plan.input_size, axes=axes,
+        export_size=plan.input_size, axes=axes, heads=head_names(plan)[1:] if heads else (),
     )
     props = onnx_model.metadata_props
     props[META_VERSION] = __version__
@@ -655,13 +703,19 @@ def _check_shapes(model: UNet, model_path: Path, report: ExportReport) -> list[S
         x = generator.standard_normal(shape, dtype=np.float32)
         expected = (shape[0], report.spec.out_channels, *make_plan(report.spec, shape[2:]).output_size)
         with torch.no_grad():
-            reference = model(torch.from_numpy(x)).numpy()
+            model.return_heads = bool(report.heads)
+            try:
+                references = model(torch.from_numpy(x))
+            finally:
+                model.return_heads = False
+        references = [r.numpy() for r in references] if isinstance(references, list) else [references.numpy()]
         try:
-            (got,) = session.run(None, {INPUT_NAME: x})
+            outputs = session.run(None, {INPUT_NAME: x})
         except Exception as exc:  # onnxruntime's errors are plain RuntimeErrors with a long message
             message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             checks.append(SizeCheck(shape, expected, None, None, None, False, f"onnxruntime failed: {message}"))
             continue
+        got, reference = outputs[0], references[0]
         scale = float(np.max(np.abs(reference))) if reference.size else 0.0
         if tuple(got.shape) != expected or tuple(reference.shape) != expected:
             problem = (
@@ -670,9 +724,17 @@ def _check_shapes(model: UNet, model_path: Path, report: ExportReport) -> list[S
             )
             checks.append(SizeCheck(shape, expected, tuple(got.shape), None, scale, False, problem))
             continue
-        error = float(np.max(np.abs(got.astype(np.float64) - reference))) if got.size else 0.0
-        ok = bool(np.isfinite(error)) and error <= TOLERANCE * max(scale, 1e-6)
-        problem = "" if ok else f"max |Δ| {error:.2e} exceeds {TOLERANCE:.0e} × scale {scale:.3g}"
+        error, problem = 0.0, ""
+        for name, out, ref in zip(("output", *report.heads), outputs, references):
+            if out.shape != ref.shape:
+                problem = f"{name} {size_text(out.shape)}, torch {size_text(ref.shape)}"
+                break
+            error = max(error, float(np.max(np.abs(out.astype(np.float64) - ref))) if out.size else 0.0)
+        if len(outputs) != len(references):
+            problem = f"{len(outputs)} outputs, torch {len(references)}"
+        ok = not problem and bool(np.isfinite(error)) and error <= TOLERANCE * max(scale, 1e-6)
+        if not problem and not ok:
+            problem = f"max |Δ| {error:.2e} exceeds {TOLERANCE:.0e} × scale {scale:.3g}"
         checks.append(SizeCheck(shape, expected, tuple(got.shape), error, scale, ok, problem))
     return checks
 
