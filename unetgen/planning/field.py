@@ -142,7 +142,7 @@ def upsampled_sources(index: int, factor: int, length: int, interpolation: str) 
     return first, min(first + 1, length - 1) if fraction else first
 
 
-def input_windows(plan: Plan, axis: int) -> list[Interval]:
+def input_windows(plan: Plan, axis: int, layer: str | None = None) -> list[Interval]:
     """The interval of input pixels each output pixel depends on, along ``axis``, at the plan's input size.
 
     Each layer maps every pixel's interval to the union of the intervals it reads — convolutions and pooling,
@@ -152,41 +152,42 @@ def input_windows(plan: Plan, axis: int) -> list[Interval]:
     Args:
         plan: a core plan (``make_plan(..., core=True)``; a mirroring network's mirror and output crop are skipped).
         axis: the spatial axis.
+        layer: the layer whose pixels to follow (default: the output).
 
     Returns:
         ``(first, last)`` input pixel per output pixel.
     """
     maps: dict[str, list[Interval]] = {"input": [(i, i) for i in range(plan.core_input_size[axis])]}
     last = "input"
-    for layer in plan.main_layers:
-        current = maps[layer.inputs[0]]
-        kind = layer.kind
+    for step in plan.layers:
+        current = maps[step.inputs[0]]
+        kind = step.kind
         if kind in ("mirror", "output_crop"):
-            maps[layer.name] = current
+            maps[step.name] = current
             continue
         if kind in ("conv", "max_pool", "avg_pool"):
-            before, after = layer.pads[axis] if layer.pads else (0, 0)
-            current = _conv(current, layer.kernel[axis], layer.stride[axis], before, after)
+            before, after = step.pads[axis] if step.pads else (0, 0)
+            current = _conv(current, step.kernel[axis], step.stride[axis], before, after)
         elif kind == "conv_transpose":  # kernel = stride = f: fine pixel i comes from coarse pixel i // f
-            f = layer.stride[axis]
+            f = step.stride[axis]
             current = [current[i // f] for i in range(len(current) * f)]
         elif kind == "upsample":
-            f = layer.stride[axis]
-            interpolation = "nearest" if layer.mode == "nearest" else "linear"
+            f = step.stride[axis]
+            interpolation = "nearest" if step.mode == "nearest" else "linear"
             sources = [upsampled_sources(i, f, len(current), interpolation) for i in range(len(current) * f)]
             current = [(current[first][0], current[end][1]) for first, end in sources]
         elif kind == "pad":
-            before, after = layer.pads[axis]
+            before, after = step.pads[axis]
             current = [current[0]] * before + current + [current[-1]] * after
         elif kind == "crop":
-            before, after = layer.crop[axis]
+            before, after = step.crop[axis]
             current = current[before : len(current) - after]
         elif kind in ("concat", "add"):
-            others = [maps[name] for name in layer.inputs]
+            others = [maps[name] for name in step.inputs]
             current = [(min(o[0] for o in group), max(o[1] for o in group)) for group in zip(*others)]
-        maps[layer.name] = current
-        last = layer.name
-    return maps[last]
+        maps[step.name] = current
+        last = step.name
+    return maps[last if layer is None else layer]
 
 
 def stitching(plan: Plan) -> Mode:
@@ -341,3 +342,63 @@ def reach(plan: Plan) -> tuple[tuple[int, int], ...]:
 
 #: Largest probe (pixels along one axis) :func:`reach` follows pixel by pixel; beyond it, the receptive field bounds it.
 _REACH_PROBE_LIMIT = 8192
+
+
+@dataclass(frozen=True)
+class HeadGrid:
+    """Where one output's pixels lie over the main output, along one axis: pixel ``i`` of the output is centred on
+    pixel ``offset + i·step`` of the main output's grid (the main output itself: offset 0, step 1).
+
+    Attributes:
+        offset: the main-output pixel under the output's pixel 0 (negative where a coarse head sees past it).
+        step: main-output pixels between neighbouring pixels of the output (the head's down-sampling).
+        first: the first of the output's pixels whose centre lies over the main output.
+        count: how many of its pixels do, from ``first`` on.
+    """
+
+    offset: int
+    step: int
+    first: int
+    count: int
+
+
+def head_grids(plan: Plan) -> tuple[tuple[HeadGrid, ...], ...]:
+    """For each output (:attr:`Plan.heads`: the main one, then the auxiliary heads of deep supervision), where its
+    pixels lie over the main output, per axis: what a deep-supervision loss needs to sample each head's target from
+    the main output's (down-sampled for ``same`` networks; cropped consistently for ``valid`` ones).
+
+    Every map of the U is centred on the input (pooling exact sizes and cropping centrally keep centres), so pixel
+    ``i`` of an ``m``-pixel head ``J`` input pixels apart is centred at ``(M − 1)/2 + (i − (m − 1)/2)·J`` in the
+    ``M``-pixel main output's grid; the target pixel is that centre rounded up, which for ``same`` networks is what
+    nnU-Net's ``nearest-exact`` down-sampling picks (``i·J + J/2``).
+
+    Args:
+        plan: the network at an input size (``output: crop``; deep supervision needs it).
+
+    Returns:
+        One tuple of :class:`HeadGrid` (one per axis) per output.
+    """
+    result = []
+    for head in plan.heads:
+        grids = []
+        for axis in range(len(plan.lattices)):
+            jump = _jump(plan, axis, head.name)
+            main, size = plan.output_size[axis], head.shape[1 + axis]
+            offset = ((main - 1) - (size - 1) * jump + 1) // 2
+            inside = [i for i in range(size) if 0 <= offset + i * jump < main]
+            grids.append(HeadGrid(offset, jump, inside[0] if inside else 0, len(inside)))
+        result.append(tuple(grids))
+    return tuple(result)
+
+
+def _jump(plan: Plan, axis: int, name: str) -> int:
+    """Input pixels between neighbouring pixels of layer ``name``'s output, along ``axis``."""
+    jumps: dict[str, int] = {"input": 1}
+    for layer in plan.layers:
+        jump = jumps[layer.inputs[0]]
+        if layer.kind in ("conv", "max_pool", "avg_pool"):
+            jump *= layer.stride[axis]
+        elif layer.kind in ("conv_transpose", "upsample"):
+            jump //= layer.stride[axis]
+        jumps[layer.name] = jump
+    return jumps[name]
