@@ -81,15 +81,17 @@ class UNetSpec(BaseModel):
         description="Max-pool factor below each level: depth − 1 entries, a factor or one per axis "
         "(default 2; anisotropic data: [[1, 2, 2], [2, 2, 2], ...]). Up-sampling uses the same factors.",
     )
-    upsampling: Literal["upsample_conv", "transpose"] = Field(
+    upsampling: Literal["upsample_conv", "transpose", "interpolate"] = Field(
         "transpose",
         description="`transpose`: 2×2 stride-2 transposed convolution (the paper's released Caffe model); "
         "`upsample_conv`: ×2 interpolation, then a 2×2 convolution (padded by one on the far side, so the size "
-        "is exactly doubled).",
+        "is exactly doubled); `interpolate`: ×2 interpolation alone, no parameters, the map keeping the channels "
+        "of the level below (Oktay et al. 2018's published Attention U-Net).",
     )
     interpolation: Literal["nearest", "linear"] = Field(
         "nearest",
-        description="Interpolation of `upsample_conv`: nearest, or (bi/tri)linear. Not used by `transpose`.",
+        description="Interpolation of `upsample_conv` and `interpolate`: nearest, or (bi/tri)linear. Not used by "
+        "`transpose`.",
     )
     padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = Field(
         "zeros",
@@ -118,10 +120,10 @@ class UNetSpec(BaseModel):
         "the last activation (through a 1×1 projection when the widths differ; centre-cropped when valid).",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate (0: none).")
-    dropout_at: Literal["none", "bottleneck", "every_level"] = Field(
+    dropout_at: Literal["none", "bottleneck", "every_level", "every_conv"] = Field(
         "none",
         description="Where dropout goes: after the bottleneck's block (the paper's 'end of the contracting "
-        "path'), or after every level's block.",
+        "path'), after every level's block, or after every convolution's activation (UNet++, Zhou et al. 2018).",
     )
     init: Literal["pytorch", "paper"] = Field(
         "pytorch",
@@ -153,10 +155,58 @@ class UNetSpec(BaseModel):
         "(average-pooled and projected by a 1×1 convolution and norm where the block strides or widens), → act. "
         "Needs `downsampling: conv` and `padding: same`; the decoder stays plain.",
     )
+    skips: Literal["plain", "nested"] = Field(
+        "plain",
+        description="`plain`: each decoder level concatenates its level's (centre-cropped) encoder map; `nested`: "
+        "UNet++ (Zhou et al. 2018), a grid of nodes X(i, j) along each skip pathway, each a decoder block on the "
+        "concatenation of every earlier node of its row (centre-cropped) and the up-sampled node below; "
+        "`deep_supervision` puts heads on the top row's nodes, and `UNet.pruned(k)` keeps the first k columns.",
+    )
+    skip_gate: Literal["none", "attention", "grid_attention"] = Field(
+        "none",
+        description="An additive attention gate on each skip connection (Oktay et al. 2018): the skip is multiplied "
+        "by a sigmoid map computed from it and a gating signal before the concatenation. `attention`: MONAI's "
+        "AttentionUnet gate (gating signal: the up-sampled map; 1×1 convolutions of both, each with the network's "
+        "norm, added, ReLU, a 1-channel 1×1 convolution, norm, sigmoid); `grid_attention`: Oktay et al.'s "
+        "published grid gate (gating signal: the map below, before up-sampling; the skip brought to its grid by a "
+        "strided convolution without bias, the map linearly up-sampled back, then a 1×1 convolution and norm).",
+    )
+    gate_levels: list[int] | None = Field(
+        None,
+        description="Levels whose skip connections are gated (0: the top); default every level. Oktay et al.'s "
+        "published network: [1, 2, 3].",
+    )
+    gate_reduction: int = Field(
+        2, ge=1, le=64,
+        description="The gate's inner channels: the skip's channels divided by this (MONAI: 2; Oktay et al.'s "
+        "published networks: 1).",
+    )
+    up_kernel_size: int | None = Field(
+        None, ge=1, le=15,
+        description="Kernel of the transposed up-convolution (default: the up-sampling factor, so the kernels do "
+        "not overlap). A kernel other than the factor must be odd and is padded so that the map is exactly "
+        "factor × as large (MONAI's AttentionUnet: 3); it needs padding: same.",
+    )
+    up_norm_act: bool = Field(
+        False,
+        description="The network's norm and activation after each up-convolution (MONAI's AttentionUnet).",
+    )
+    decoder_norm: Literal["none", "batch", "instance", "group", "layer"] | None = Field(
+        None, description="Normalisation in the decoder's blocks (default: `norm`).",
+    )
+    decoder_norm_affine: bool = Field(
+        True,
+        description="Whether the decoder's norms learn a scale and shift (MONAI's AttentionUnet: an instance norm "
+        "without).",
+    )
+    decoder_activation: Literal["relu", "leaky_relu", "elu", "gelu", "silu", "prelu"] | None = Field(
+        None, description="Activation in the decoder's blocks (default: `activation`; MONAI's AttentionUnet: prelu).",
+    )
     deep_supervision: int = Field(
         0, ge=0, le=11,
-        description="Auxiliary 1×1 heads on this many decoder levels below the top (nnU-Net: depth − 2). In training "
-        "mode the network returns a list, highest resolution first; in eval mode the main output only.",
+        description="Auxiliary 1×1 heads on this many decoder levels below the top (nnU-Net: depth − 2), or with "
+        "`skips: nested` on the top row's first nodes X(0, 1), X(0, 2), ... (UNet++). In training mode the "
+        "network returns a list, highest resolution first; in eval mode the main output only.",
     )
     input_size: list[int] | None = Field(
         None,
@@ -189,7 +239,7 @@ class UNetSpec(BaseModel):
     @classmethod
     def _kernel_is_odd(cls, value: int) -> int:
         if value % 2 == 0:
-            raise ValueError(f"must be odd (got {value}): an even kernel has no centre, so crops cannot be central")
+            raise ValueError("must be odd: an even kernel has no centre, so crops cannot be central")
         return value
 
     @field_validator("kernel_sizes", "pool_sizes")
@@ -307,17 +357,110 @@ class UNetSpec(BaseModel):
             raise ValueError("takes one width per level in `channels`, not one per convolution")
         return value
 
+    @field_validator("skip_gate")
+    @classmethod
+    def _gates_on_plain_skips(cls, value: str, info: ValidationInfo) -> str:
+        if value != "none" and info.data.get("skips") == "nested":
+            raise ValueError("gates plain skip connections; it does not combine with skips: nested")
+        if value != "none" and info.data.get("depth") == 1:
+            raise ValueError("needs a skip connection to gate; depth 1 has none")
+        return value
+
+    @field_validator("gate_levels")
+    @classmethod
+    def _gated_levels_exist(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return value
+        if info.data.get("skip_gate", "none") == "none":
+            raise ValueError("has no effect without skip_gate; give skip_gate: attention or grid_attention")
+        depth = info.data.get("depth")
+        if not value:
+            raise ValueError("is empty; give the levels to gate, or leave it out to gate every level")
+        for level in value:
+            if depth is not None and not 0 <= level <= depth - 2:
+                raise ValueError(f"level {level} has no skip connection; levels 0 to {depth - 2} have one")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a level twice; give each level once")
+        return value
+
+    @field_validator("gate_reduction")
+    @classmethod
+    def _reduction_is_used(cls, value: int, info: ValidationInfo) -> int:
+        if value != 2 and info.data.get("skip_gate", "none") == "none":
+            raise ValueError("has no effect without skip_gate; give skip_gate: attention or grid_attention")
+        return value
+
+    @field_validator("up_kernel_size")
+    @classmethod
+    def _up_kernel_fits(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        data = info.data
+        if data.get("upsampling") != "transpose":
+            raise ValueError("sets the transposed up-convolution's kernel; it needs upsampling: transpose")
+        try:
+            factors = {f for level in range(data["depth"] - 1) for f in _level_pool(data, level)}
+        except (KeyError, TypeError, IndexError):
+            return value  # an earlier field failed; it has its own error
+        if factors <= {value}:
+            return value
+        if value % 2 == 0:
+            raise ValueError(
+                "must be odd or the up-sampling factor: a wider kernel is padded by (kernel − 1)/2 on each side, "
+                "which needs a centre"
+            )
+        if data.get("padding") != "same":
+            raise ValueError(
+                "needs padding: same; a kernel other than the factor is padded at the map's edges (or leave it "
+                "out)"
+            )
+        return value
+
+    @field_validator("up_norm_act")
+    @classmethod
+    def _up_has_a_conv(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("upsampling") == "interpolate":
+            raise ValueError("has no effect with upsampling 'interpolate': no convolution to follow; remove it")
+        return value
+
+    @field_validator("decoder_norm")
+    @classmethod
+    def _decoder_groups_divide_widths(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value != "group":
+            return value
+        groups = info.data.get("norm_groups")
+        try:
+            widths = {_conv_widths(info.data, level)[-1] for level in range(info.data["depth"] - 1)}
+        except (KeyError, TypeError):
+            return value  # an earlier field failed; it has its own error
+        bad = sorted({w for w in widths if groups and w % groups})
+        if bad:
+            raise ValueError(f"group: norm_groups {groups} does not divide the decoder's widths "
+                             f"{', '.join(map(str, bad))}; choose a divisor of every width")
+        return value
+
+    @field_validator("decoder_norm_affine")
+    @classmethod
+    def _decoder_affine_is_used(cls, value: bool, info: ValidationInfo) -> bool:
+        norm = info.data.get("decoder_norm") or info.data.get("norm")
+        if not value and norm == "none":
+            raise ValueError("has no effect: the decoder has no norm; remove it or give decoder_norm")
+        return value
+
     @field_validator("deep_supervision")
     @classmethod
     def _heads_fit(cls, value: int, info: ValidationInfo) -> int:
         depth = info.data.get("depth")
+        nested = info.data.get("skips") == "nested"
         if value and depth is not None and value > depth - 2:
+            where = "nodes on the top row before the last" if nested else "decoder levels below the top"
             raise ValueError(
-                f"{value} heads but depth {depth} has {max(depth - 2, 0)} decoder levels below the top; "
-                f"give at most {max(depth - 2, 0)}"
+                f"{value} heads but depth {depth} has {max(depth - 2, 0)} {where}; give at most {max(depth - 2, 0)}"
             )
         if value and info.data.get("output") == "same":
-            raise ValueError("needs output: crop (a head below the top has no exact crop back to the input's size)")
+            why = ("the auxiliary heads are not cropped back to the input's size" if nested
+                   else "a head below the top has no exact crop back to the input's size")
+            raise ValueError(f"needs output: crop ({why})")
         return value
 
     @field_validator("input_size")
@@ -423,9 +566,10 @@ def _all_widths(data: dict[str, Any]) -> set[int]:
 
 #: Accepted values of each option field, for "did you mean" suggestions.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    name: tuple(str(arg) for arg in typing.get_args(field.annotation))
+    name: tuple(str(arg) for arg in typing.get_args(literal))
     for name, field in UNetSpec.model_fields.items()
-    if typing.get_origin(field.annotation) is Literal
+    for literal in (field.annotation, *typing.get_args(field.annotation))  # a Literal, or a Literal or None
+    if typing.get_origin(literal) is Literal
 }
 
 
