@@ -103,7 +103,7 @@ def test_size_the_network_cannot_take(capsys):
         "(valid sizes: 188+16k (188, 204, 220, ...); or set output: same)"
     )
     code, _, err = run_cli(capsys, "build", "paper", "--input-size", "572")
-    assert code == 2 and "gives 1 sizes for a 2D network" in err
+    assert code == 2 and "gives 1 size for a 2D network" in err
 
 
 def test_depth_too_large_for_the_input(capsys, tmp_path):

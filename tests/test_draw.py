@@ -196,7 +196,7 @@ def test_cli_default_file_and_stdout(tmp_path, monkeypatch, capsys):
     [
         (["draw", "papr"], "unetgen: error: papr: no such file or preset; presets: "),
         (["draw", "paper", "--input-size", "571", "572"], "unetgen: error: input 571×572: height: encoder.1 max-"),
-        (["draw", "paper", "--input-size", "572"], "unetgen: error: input 572: gives 1 sizes for a 2D network"),
+        (["draw", "paper", "--input-size", "572"], "unetgen: error: input 572: gives 1 size for a 2D network"),
         (["draw", "paper", "-o", "u.jpg"], "unetgen: error: u.jpg: unknown image type '.jpg'; give a file ending in"),
         (["draw", "paper", "-o", "no/such/u.svg"], "unetgen: error: no/such/u.svg: folder no/such does not exist"),
         (["draw", "paper", "-o", "-", "--png"], "unetgen: error: --png: cannot write a PNG to standard output"),

@@ -91,7 +91,7 @@ def size_report(
     same = plan.same_output
     names = plan.axis_names
     centres = default_input_size(plan.spec)
-    rule = "output = input" if same else "output = input - 2 * border"
+    rule = "output = input" if same else "output = input − 2 × border"
     lines = [f"{plan.spec.name}: valid input sizes per axis ({rule})"]
     groups: dict[tuple[Lattice, Field], list[str]] = {}
     for name, grid, field in zip(names, plan.lattices, receptive_field(plan)):

@@ -29,17 +29,20 @@ LAYER_KINDS = {
     "input": "the network's input (the caller keeps it)",
     "mirror": "reflect-pad the input (``output: same``), in rounds",
     "conv": "convolution (``kernel``, ``stride``, ``pads`` per axis, ``mode`` = padding mode, ``bias``)",
-    "conv_transpose": "transposed convolution (``kernel``, ``stride``, ``bias``)",
+    "conv_transpose": "transposed convolution (``kernel``, ``stride``, ``bias``; ``pads``: its padding and output "
+                      "padding per axis, when the kernel is wider than the stride)",
     "max_pool": "max-pooling (``kernel`` = ``stride``)",
     "avg_pool": "average pooling (``kernel`` = ``stride``)",
     "upsample": "interpolation by ``stride`` (``mode``: a torch interpolation mode)",
     "pad": "pad ``pads`` per axis (``mode``: a torch pad mode)",
-    "norm": "normalisation (``mode``: batch, instance, group or layer; ``groups``)",
-    "act": "activation (``mode``: relu, leaky_relu, elu, gelu, silu, prelu; ``value`` = negative slope)",
+    "norm": "normalisation (``mode``: batch, instance, group or layer; ``groups``); with ``params`` 0, no learned "
+            "scale and shift",
+    "act": "activation (``mode``: relu, leaky_relu, elu, gelu, silu, prelu, sigmoid; ``value`` = negative slope)",
     "dropout": "dropout (``value`` = rate); the identity in eval mode",
     "crop": "crop ``crop`` (before, after) per axis: a view",
     "concat": "concatenate the inputs along the channels",
     "add": "add the inputs",
+    "mul": "multiply the inputs (an attention gate: the skip by its one-channel map, broadcast over channels)",
     "output_crop": "crop the core's output back to the input's size (``output: same``): a view",
     "final": "sigmoid or softmax over the channels (``mode``)",
 }
@@ -65,7 +68,8 @@ class Layer:
         params: its trainable parameters.
         kernel: kernel size per axis (convolutions, pooling).
         stride: stride per axis (convolutions, pooling), or the up-sampling factor.
-        pads: ``(before, after)`` per axis: a convolution's zero-or-mode padding, a pad layer's amounts, a mirror's.
+        pads: ``(before, after)`` per axis: a convolution's zero-or-mode padding, a pad layer's amounts, a mirror's;
+            a transposed convolution's ``(padding, output_padding)``.
         crop: ``(before, after)`` per axis that a crop drops.
         mode: the padding mode (convolutions, pads), the norm or activation kind, the interpolation, the final kind.
         bias: whether a convolution has a bias.
@@ -207,8 +211,8 @@ class Plan:
     def heads(self) -> tuple[Layer, ...]:
         """The outputs, highest resolution first: the main head (before the output crop and final activation), then
         the auxiliary heads of deep supervision by level."""
-        heads = [layer for layer in self.layers if layer.auxiliary]
-        return (self.layer("head"), *sorted(heads, key=lambda layer: layer.name))
+        heads = [layer for layer in self.layers if layer.auxiliary and layer.kind == "conv"]
+        return (self.layer("head"), *sorted(heads, key=lambda layer: _natural(layer.name)))
 
     def layer(self, name: str) -> Layer:
         """The layer called ``name``.
@@ -262,6 +266,11 @@ class Plan:
         raise KeyError(name)
 
 
+def _natural(name: str) -> tuple[Any, ...]:
+    """Sort key that orders ``nested.0.10`` after ``nested.0.2``."""
+    return tuple(int(part) if part.isdigit() else part for part in name.split("."))
+
+
 def geometry(spec: UNetSpec) -> tuple[sizes.AxisGeometry, ...]:
     """The spec's geometry along each spatial axis.
 
@@ -299,13 +308,27 @@ _DOWN_WORDS = {"maxpool": "max-pools", "avgpool": "average-pools", "conv": "stri
 def _norm_needs_two_pixels(spec: UNetSpec) -> bool:
     """Whether a one-pixel map breaks the norm: torch refuses to normalise a single value, even in eval mode
     (instance norm always; group and layer norm when a group holds one channel)."""
-    if spec.norm == "instance":
+    norms = {spec.norm, _decoder_norm(spec)}
+    if "instance" in norms:
         return True
-    groups = {"group": spec.norm_groups, "layer": 1}.get(spec.norm)
-    if groups is None:
-        return False
+    if spec.skip_gate != "none" and norms & {"group", "layer"}:
+        return True  # a gate's one-channel map is one group
     widths = {w for level in range(spec.depth) for w in spec.conv_widths(level)}
-    return any(width == groups for width in widths)
+    for norm in norms:
+        groups = {"group": spec.norm_groups, "layer": 1}.get(norm)
+        if groups is not None and any(width == groups for width in widths):
+            return True
+    return False
+
+
+def _decoder_norm(spec: UNetSpec) -> str:
+    """The norm of the decoder's blocks."""
+    return spec.norm if spec.decoder_norm is None else spec.decoder_norm
+
+
+def _decoder_activation(spec: UNetSpec) -> str:
+    """The activation of the decoder's blocks."""
+    return spec.activation if spec.decoder_activation is None else spec.decoder_activation
 
 
 def _min_padded_input(mode: str, pad: int) -> int:
@@ -350,7 +373,8 @@ def _resolve_sizes(
     names = AXIS_NAMES[dims]
     shown = f"{label} {_fmt(input_size)}"
     if len(input_size) != dims:
-        raise SizeError(f"{shown}: gives {len(input_size)} sizes for a {dims}D network; give {dims}")
+        given = f"{len(input_size)} size{'s' if len(input_size) != 1 else ''}"
+        raise SizeError(f"{shown}: gives {given} for a {dims}D network; give {dims}")
     grids = lattices(spec)
     same = spec.output == "same" if same is None else same
     ios: list[sizes.SameOutputIO | None] = []
@@ -389,18 +413,31 @@ def _residual_encoder_words(spec: UNetSpec, level: int) -> str:
     return f"stem conv {kernel}, {words}" if level == 0 else words
 
 
-def _activation_words(spec: UNetSpec) -> str:
-    return spec.activation if spec.activation != "leaky_relu" else f"leaky_relu {spec.negative_slope:g}"
+def _activation_words(spec: UNetSpec, activation: str | None = None) -> str:
+    activation = spec.activation if activation is None else activation
+    return activation if activation != "leaky_relu" else f"leaky_relu {spec.negative_slope:g}"
 
 
-def _block_words(spec: UNetSpec, level: int, widths: tuple[int, ...], stride: tuple[int, ...] | None = None) -> str:
+def _norm_words(spec: UNetSpec, decoder: bool = False) -> str | None:
+    """E.g. ``batch norm``, ``instance norm without scale and shift``, or None."""
+    norm = _decoder_norm(spec) if decoder else spec.norm
+    if norm == "none":
+        return None
+    return f"{norm} norm" + ("" if spec.decoder_norm_affine or not decoder else " without scale and shift")
+
+
+def _block_words(spec: UNetSpec, level: int, widths: tuple[int, ...], stride: tuple[int, ...] | None = None,
+                 decoder: bool = False) -> str:
     """E.g. ``2× [conv 3×3 valid, relu]`` or ``[conv 3×3×3 → 32, conv 3×3×3 → 64] (batch norm, relu)``."""
     kernel = _fmt(spec.kernel(level))
     pad = spec.padding + (f" {spec.padding_mode}" if spec.padding == "same" and spec.padding_mode != "zeros" else "")
     parts = [f"conv {kernel} {pad}"]
-    if spec.norm != "none":
-        parts.append(f"{spec.norm} norm")
-    parts.append(_activation_words(spec))
+    norm = _norm_words(spec, decoder)
+    if norm is not None:
+        parts.append(norm)
+    parts.append(_activation_words(spec, _decoder_activation(spec) if decoder else None))
+    if spec.dropout_at == "every_conv":
+        parts.append(f"dropout {spec.dropout:g}")
     if len(set(widths)) == 1:
         words = f"{len(widths)}× [{', '.join(parts)}]"
     else:
@@ -448,8 +485,9 @@ class _Layers:
         return name
 
     def unit(self, source: str, width: int, kernel: tuple[int, ...], names: tuple[str, str, str | None],
-             stride: tuple[int, ...] | None = None, bias: bool | None = None) -> str:
-        """conv → norm → act, named ``names`` (no activation when its name is None)."""
+             stride: tuple[int, ...] | None = None, bias: bool | None = None, decoder: bool = False) -> str:
+        """conv → norm → act, named ``names`` (no activation when its name is None); the decoder's norm and
+        activation when ``decoder``."""
         spec = self.spec
         dims = len(kernel)
         pads = tuple(((k - 1) // 2,) * 2 for k in kernel) if spec.padding == "same" else ((0, 0),) * dims
@@ -459,26 +497,34 @@ class _Layers:
             names[0], "conv", (source,), cout=width, kernel=kernel, stride=stride or (1,) * dims, pads=pads,
             mode=spec.padding_mode, bias=bias, params=cin * width * math.prod(kernel) + int(bias) * width,
         )
-        if spec.norm != "none":
-            current = self.norm(names[1], current)
+        if (_decoder_norm(spec) if decoder else spec.norm) != "none":
+            current = self.norm(names[1], current, decoder=decoder)
         if names[2] is not None:
-            current = self.activation(names[2], current)
+            current = self.activation(names[2], current, decoder=decoder)
         return current
 
-    def norm(self, name: str, source: str) -> str:
+    def norm(self, name: str, source: str, decoder: bool = False, groups: int | None = None) -> str:
+        """The network's norm (the decoder's when ``decoder``), with ``groups`` groups for a group norm."""
         spec = self.spec
-        return self.add(name, "norm", (source,), mode=spec.norm, params=2 * self.shapes[source][0],
-                        groups={"group": spec.norm_groups, "layer": 1}.get(spec.norm, 0))
+        mode = _decoder_norm(spec) if decoder else spec.norm
+        affine = spec.decoder_norm_affine or not decoder
+        if groups is None:
+            groups = {"group": spec.norm_groups, "layer": 1}.get(mode, 0)
+        return self.add(name, "norm", (source,), mode=mode, params=2 * self.shapes[source][0] * int(affine),
+                        groups=groups if mode in ("group", "layer") else 0)
 
     def convs(self, prefix: str, source: str, widths: tuple[int, ...], kernel: tuple[int, ...],
-              last_activation: bool = True, stride: tuple[int, ...] | None = None) -> str:
-        """``conv{i} → norm{i} → act{i}`` for each width (no activation after the last one when told); the first
-        convolution strides by ``stride``."""
+              last_activation: bool = True, stride: tuple[int, ...] | None = None, decoder: bool = False) -> str:
+        """``conv{i} → norm{i} → act{i}`` for each width (no activation after the last one when told), each
+        followed by ``dropout{i}`` with ``dropout_at: every_conv``; the first convolution strides by ``stride``."""
+        spec = self.spec
         current = source
         for index, width in enumerate(widths):
             act = f"{prefix}act{index}" if last_activation or index < len(widths) - 1 else None
             current = self.unit(current, width, kernel, (f"{prefix}conv{index}", f"{prefix}norm{index}", act),
-                                stride=stride if index == 0 else None)
+                                stride=stride if index == 0 else None, decoder=decoder)
+            if spec.dropout_at == "every_conv" and act is not None:
+                current = self.add(f"{prefix}dropout{index}", "dropout", (current,), value=spec.dropout)
         return current
 
     def residual_d(self, prefix: str, source: str, width: int, kernel: tuple[int, ...],
@@ -500,20 +546,21 @@ class _Layers:
         self._hold(start, source)
         return current
 
-    def activation(self, name: str, source: str) -> str:
+    def activation(self, name: str, source: str, decoder: bool = False) -> str:
         spec = self.spec
-        return self.add(name, "act", (source,), mode=spec.activation, value=spec.negative_slope,
-                        params=int(spec.activation == "prelu"))
+        mode = _decoder_activation(spec) if decoder else spec.activation
+        return self.add(name, "act", (source,), mode=mode, value=spec.negative_slope, params=int(mode == "prelu"))
 
     def block(self, prefix: str, source: str, widths: tuple[int, ...], kernel: tuple[int, ...], dropout: float,
-              stride: tuple[int, ...] | None = None) -> str:
+              stride: tuple[int, ...] | None = None, decoder: bool = False) -> str:
         """A level's block, reading ``source``: plain or residual, then dropout; the call holds its input."""
         spec = self.spec
         start = len(self.layers)
         if spec.block == "plain":
-            current = self.convs(prefix, source, widths, kernel, stride=stride)
+            current = self.convs(prefix, source, widths, kernel, stride=stride, decoder=decoder)
         else:
-            body = self.convs(f"{prefix}body.", source, widths, kernel, last_activation=False, stride=stride)
+            body = self.convs(f"{prefix}body.", source, widths, kernel, last_activation=False, stride=stride,
+                              decoder=decoder)
             shortcut = source
             if self.shapes[source][0] != widths[-1]:
                 bias = spec.uses_conv_bias
@@ -528,7 +575,7 @@ class _Layers:
             )
             shortcut = self.add(f"{prefix}crop", "crop", (shortcut,), crop=margins)
             current = self.add(f"{prefix}add", "add", (body, shortcut))
-            current = self.activation(f"{prefix}act", current)
+            current = self.activation(f"{prefix}act", current, decoder=decoder)
         if dropout > 0:
             current = self.add(f"{prefix}dropout", "dropout", (current,), value=dropout)
         self._hold(start, source)
