@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..planning.plan import Plan
-from ..text import size_text
+from ..text import AXIS_NAMES, size_text
 
 #: The graph input's name.
 INPUT_NAME = "image"
 #: The opset written by default: the lowest that torch's exporter writes natively (older ones go through a
 #: version converter that can fail), run by onnxruntime ≥ 1.14 and most current runtimes.
 DEFAULT_OPSET = 18
-#: The symbolic names of the spatial dimensions in the graph, by ``spatial_dims``.
-DIM_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("axis0", "axis1", "axis2")}
+#: The symbolic names of the spatial dimensions in the graph, by ``spatial_dims``: the axes' names as identifiers.
+DIM_NAMES = {dims: tuple(name.replace(" ", "") for name in names) for dims, names in AXIS_NAMES.items()}
 
 #: ``metadata_props`` keys: the unetgen version that wrote the file; the spec (JSON); the sizes (JSON: input,
 #: output, shapes, batch, output_mode, export_size, axes); the size rules in words.
