@@ -44,6 +44,10 @@ def make_module(layer: Layer, dims: int) -> nn.Module | None:
         return CONV[dims](layer.cin, cout, layer.kernel, stride=layer.stride, padding=padding,
                           padding_mode=layer.mode, bias=layer.bias)
     if kind == "conv_transpose":
+        if layer.pads:  # a kernel wider than the stride: padding, and output padding at the far end
+            padding, extra = tuple(p for p, _ in layer.pads), tuple(e for _, e in layer.pads)
+            return CONV_TRANSPOSE[dims](layer.cin, cout, layer.kernel, stride=layer.stride, padding=padding,
+                                        output_padding=extra, bias=layer.bias)
         return CONV_TRANSPOSE[dims](layer.cin, cout, layer.kernel, stride=layer.stride, bias=layer.bias)
     if kind == "max_pool":
         return MAX_POOL[dims](layer.kernel, stride=layer.stride)
@@ -57,7 +61,7 @@ def make_module(layer: Layer, dims: int) -> nn.Module | None:
     if kind == "crop":
         return CentreCrop(list(layer.crop))
     if kind == "norm":
-        return _norm(layer.mode, dims, cout, layer.groups)
+        return _norm(layer.mode, dims, cout, layer.groups, affine=layer.params > 0)
     if kind == "act":
         return _activation(layer.mode, layer.value)
     if kind == "dropout":
@@ -71,13 +75,13 @@ def make_module(layer: Layer, dims: int) -> nn.Module | None:
     return None
 
 
-def _norm(kind: str, dims: int, channels: int, groups: int) -> nn.Module:
-    """Every norm has a learned scale and shift (``affine``), as the plan's parameter counts say."""
+def _norm(kind: str, dims: int, channels: int, groups: int, affine: bool = True) -> nn.Module:
+    """A norm with a learned scale and shift (``affine``) when the plan counts parameters for it."""
     if kind == "batch":
-        return BATCH_NORM[dims](channels)
+        return BATCH_NORM[dims](channels, affine=affine)
     if kind == "instance":
-        return INSTANCE_NORM[dims](channels, affine=True)
-    return nn.GroupNorm(groups, channels)  # group, and layer (one group)
+        return INSTANCE_NORM[dims](channels, affine=affine)
+    return nn.GroupNorm(groups, channels, affine=affine)  # group, and layer (one group)
 
 
 def _activation(kind: str, negative_slope: float) -> nn.Module:
@@ -92,6 +96,7 @@ def _activation(kind: str, negative_slope: float) -> nn.Module:
         "gelu": nn.GELU,
         "silu": lambda: nn.SiLU(inplace=True),
         "prelu": nn.PReLU,
+        "sigmoid": nn.Sigmoid,  # an attention gate's map
     }
     return table[kind]()
 
@@ -217,6 +222,10 @@ class UpsampleConv(nn.Sequential):
     """×f interpolation, then an f-wide convolution padded by f − 1 at the far side: exactly f times the size."""
 
 
+class UpConv(nn.Sequential):
+    """A transposed convolution, then the network's norm and activation (MONAI's AttentionUnet ``UpConv``)."""
+
+
 class MirrorPad(nn.Module):
     """Reflect-pad in rounds the plan works out per input size (``output: same``): the paper's mirroring."""
 
@@ -231,3 +240,80 @@ class OutputCrop(nn.Module):
 
     def forward(self, x: torch.Tensor, margins: List[Tuple[int, int]]) -> torch.Tensor:
         return crop(x, margins)
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate (Oktay et al. 2018): the skip times a one-channel sigmoid map computed from the skip
+    and a gating signal, ``x × σ(psi(relu(key(x) + query(g))))``. The plan says which design: MONAI's (the gating
+    signal is the up-sampled map; key, query and psi normalised) or Oktay et al.'s grid gate (the gating signal is
+    the map below; the key strides onto its grid, the map is up-sampled back, then ``out``, a 1×1 convolution and
+    norm). Every size comes from the plan: nothing is resampled to a size worked out here."""
+
+    def __init__(self, layers: OrderedDict[str, nn.Module]) -> None:
+        """Args:
+        layers: the gate's modules by name, from the plan: ``key``, ``query``, ``act``, ``psi``, ``sigmoid``, and
+            as the design has them ``key_norm``, ``query_norm``, ``psi_norm``, ``resample``, ``out``, ``out_norm``.
+        """
+        super().__init__()
+        identity = nn.Identity
+        self.key = layers["key"]
+        self.key_norm = layers.get("key_norm", identity())
+        self.query = layers["query"]
+        self.query_norm = layers.get("query_norm", identity())
+        self.act = layers["act"]
+        self.psi = layers["psi"]
+        self.psi_norm = layers.get("psi_norm", identity())
+        self.sigmoid = layers["sigmoid"]
+        self.resample = layers.get("resample", identity())
+        self.out = layers.get("out", identity())
+        self.out_norm = layers.get("out_norm", identity())
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Gate the skip ``x`` by the gating signal ``g``."""
+        # One expression, so that each intermediate map is freed as soon as it has been read (as the plan counts).
+        return self.out_norm(self.out(x * self.map(x, g)))
+
+    def map(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The attention map: one channel, the skip's size, from 0 to 1."""
+        return self.resample(self.sigmoid(self.psi_norm(self.psi(
+            self.act(self.key_norm(self.key(x)) + self.query_norm(self.query(g)))))))
+
+
+class NoGate(nn.Module):
+    """The skip as it is (a level without an attention gate)."""
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class NestedNode(nn.Module):
+    """One node X(i, j) of UNet++ (Zhou et al. 2018): the node below up-sampled, concatenated after every earlier
+    node of its row (each centre-cropped by the plan), then the decoder's block; the top row's first nodes carry
+    an auxiliary head (deep supervision), applied by the network."""
+
+    def __init__(self, up: nn.Module, crops: list[nn.Module], convs: nn.Module, head_crop: nn.Module | None = None,
+                 head: nn.Module | None = None) -> None:
+        """Args:
+        up: the up-sampling of the node below.
+        crops: one centre crop per earlier node of the row, margins from the plan.
+        convs: the node's block.
+        head_crop: the crop of the node's map to the main output (deep supervision), or None.
+        head: the node's auxiliary 1×1 head, or None.
+        """
+        super().__init__()
+        self.up = up
+        self.crops = nn.ModuleList(crops)
+        self.convs = convs
+        self.has_head: bool = head is not None
+        self.head_crop = head_crop if head_crop is not None else nn.Identity()
+        self.head = head if head is not None else nn.Identity()
+
+    def forward(self, below: torch.Tensor, row: List[torch.Tensor]) -> torch.Tensor:
+        up = self.up(below)
+        parts: List[torch.Tensor] = []
+        for index, crop in enumerate(self.crops):
+            parts.append(crop(row[index]))
+        parts.append(up)
+        x = torch.cat(parts, dim=1)
+        del parts, up
+        return self.convs(x)

@@ -15,18 +15,22 @@ from torch import nn
 
 from ..planning import sizes
 from .layers import (
+    AttentionGate,
     CentreCrop,
     ConvBlock,
     MirrorPad,
+    NestedNode,
+    NoGate,
     OutputCrop,
     ResidualBlock,
     ResidualBlockD,
+    UpConv,
     UpsampleConv,
     modules_under,
     own_module,
 )
 from ..planning.limits import check_pass_fits, check_weights_fit, memory_limit
-from ..planning.plan import Plan, check_input_size, make_plan
+from ..planning.plan import Plan, check_input_size, make_plan, pruned_spec
 from ..spec.fields import UNetSpec, load_spec
 
 
@@ -64,24 +68,33 @@ class ResidualEncoderLevel(nn.Module):
 
 
 class DecoderLevel(nn.Module):
-    """One level of the expanding path: up-convolution, centre-crop of the skip, concatenation, convolutions."""
+    """One level of the expanding path: up-convolution, centre-crop of the skip (and its attention gate),
+    concatenation, convolutions."""
 
-    def __init__(self, up: nn.Module, crop: CentreCrop, convs: nn.Module, head: nn.Module | None = None) -> None:
+    def __init__(self, up: nn.Module, crop: CentreCrop, convs: nn.Module, head: nn.Module | None = None,
+                 gate: nn.Module | None = None, gate_on_up: bool = True) -> None:
         """Args:
         up: the up-convolution.
         crop: the skip connection's centre crop, its margins from the plan.
         convs: the level's block.
         head: the level's auxiliary 1×1 head (deep supervision), or None.
+        gate: the skip's attention gate, or None.
+        gate_on_up: whether the gate's gating signal is the up-sampled map (MONAI's design) rather than the map
+            below (Oktay et al.'s grid gate).
         """
         super().__init__()
         self.up = up
         self.crop = crop
+        self.gate = gate if gate is not None else NoGate()
+        self.gate_on_up: bool = gate_on_up
         self.convs = convs
         self.has_head: bool = head is not None
         self.head = head if head is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.convs(torch.cat([self.crop(skip), self.up(x)], dim=1))
+        up = self.up(x)
+        skip = self.gate(self.crop(skip), up if self.gate_on_up else x)
+        return self.convs(torch.cat([skip, up], dim=1))
 
 
 class UNet(nn.Module):
@@ -139,14 +152,43 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList(levels[:-1])
         self.bottleneck = levels[-1]
         # Deepest level first: the order the decoder runs in; the keys still name the levels.
+        def up(prefix: str) -> nn.Module:
+            """The up-sampling: one module, or its layers in a row."""
+            single = own_module(layers, f"{prefix}.up", dims)
+            if single is not None:
+                return single
+            parts = modules_under(layers, f"{prefix}.up.", dims)
+            return UpsampleConv(parts) if "upsample" in parts else UpConv(parts)
+
         decoder: dict[str, nn.Module] = {}
-        for skip in plan.skips:
+        nested: dict[str, nn.ModuleDict] = {}
+        is_nested = any(name.startswith("nested.") for name in names)
+        for skip in plan.skips if not is_nested else ():
             prefix = f"decoder.{skip.level}"
-            up = own_module(layers, f"{prefix}.up", dims) or UpsampleConv(modules_under(layers, f"{prefix}.up.", dims))
             crop = own_module(layers, f"{prefix}.crop", dims)
             head = own_module(layers, f"{prefix}.head", dims)
-            decoder[str(skip.level)] = DecoderLevel(up, crop, block(f"{prefix}.convs."), head)
+            gate = None
+            if f"{prefix}.gate.mul" in names:
+                gate = AttentionGate(modules_under(layers, f"{prefix}.gate.", dims))
+            gate_on_up = f"{prefix}.gate.resample" not in names
+            decoder[str(skip.level)] = DecoderLevel(up(prefix), crop, block(f"{prefix}.convs."), head, gate,
+                                                    gate_on_up)
+        for level in reversed(range(plan.depth - 1) if is_nested else ()):  # UNet++'s nodes, bottom row first
+            row: dict[str, nn.Module] = {}
+            for column in range(1, plan.depth - level):
+                prefix = f"nested.{level}.{column}"
+                if f"{prefix}.concat" not in names:
+                    break
+                crops = [own_module(layers, f"{prefix}.crops.{k}", dims) for k in range(column)]
+                row[str(column)] = NestedNode(up(prefix), crops, block(f"{prefix}.convs."),
+                                              own_module(layers, f"{prefix}.head_crop", dims),
+                                              own_module(layers, f"{prefix}.head", dims))
+            if row:
+                nested[str(level)] = nn.ModuleDict(row)
         self.decoder = nn.ModuleDict(decoder)
+        #: UNet++'s nodes (``skips: nested``) by row, then column: ``nested.1.2`` is X(1, 2); empty otherwise.
+        self.nested = nn.ModuleDict(nested)
+        self.is_nested: bool = bool(nested)
         self.head = own_module(layers, "head", dims)
         self.pad_input = MirrorPad()
         self.crop_output = OutputCrop()
@@ -223,18 +265,106 @@ class UNet(nn.Module):
             skips.append(x)
         x = self.bottleneck(x)
         auxiliary: List[torch.Tensor] = []
+        if self.is_nested:
+            x = self._nested(x, skips, heads, auxiliary)
         for level in self.decoder.values():
             # DecoderLevel.forward, inlined so that each tensor is released as soon as it has been used: the
-            # map from below once it is up-sampled, the skip once it is concatenated.
+            # map from below once it is up-sampled (and gated), the skip once it is concatenated.
             skip = skips.pop()
             up = level.up(x)
-            x = torch.cat([level.crop(skip), up], dim=1)
-            del skip, up
+            gated = level.gate(level.crop(skip), up if level.gate_on_up else x)
+            x = torch.cat([gated, up], dim=1)
+            del skip, up, gated
             x = level.convs(x)
             if heads and level.has_head:
                 auxiliary.append(level.head(x))
-        auxiliary.reverse()  # the decoder ran deepest first
+        if not self.is_nested:
+            auxiliary.reverse()  # the decoder ran deepest first
         return [self.head(x)] + auxiliary
+
+    def _nested(self, x: torch.Tensor, skips: List[torch.Tensor], heads: bool,
+                auxiliary: List[torch.Tensor]) -> torch.Tensor:
+        """UNet++'s nodes row by row from the bottom (Zhou et al. 2018): each row reads only the row below, which
+        is released node by node; returns the top row's last node. The top row's heads go to ``auxiliary``."""
+        below_row: List[torch.Tensor] = [x]
+        current: List[torch.Tensor] = []
+        for row in self.nested.values():
+            current = [skips.pop()]
+            for node in row.values():
+                below = below_row.pop(0)
+                x = node(below, current)
+                del below
+                if heads and node.has_head:
+                    auxiliary.append(node.head(node.head_crop(x)))
+                current.append(x)
+            below_row = current
+        x = below_row[-1]
+        current = []
+        below_row = []
+        return x
+
+    def pruned(self, columns: int) -> UNet:
+        """UNet++ pruned at inference (Zhou et al. 2018, sec. 2.3): the nodes X(i, j) with i + j ≤ ``columns``,
+        the output from X(0, ``columns``)'s head: a smaller, faster network that shares this one's weights.
+
+        It is an ordinary network of depth ``columns + 1`` (:func:`~unetgen.planning.plan.pruned_spec`): its own
+        plan, sizes, costs, tiling and export. Its main head is this network's head on X(0, ``columns``), which
+        deep supervision puts there (``deep_supervision ≥ columns``, or the last column).
+
+        Args:
+            columns: the columns to keep, from 1 to ``depth − 1``.
+
+        Returns:
+            The pruned network; training it trains this one.
+
+        Raises:
+            SpecError: when the network is not nested, or X(0, ``columns``) has no head.
+        """
+        spec = pruned_spec(self.spec, columns)
+        small = UNet(make_plan(spec))
+        small.train(self.training)
+        for index, level in enumerate(small.encoder):
+            small.encoder[index] = self.encoder[index]
+        small.bottleneck = self.encoder[columns] if columns < len(self.encoder) else self.bottleneck
+        for i, row in small.nested.items():
+            for j, node in row.items():
+                full = self.nested[i][j]
+                node.up, node.convs = full.up, full.convs
+                if node.has_head:
+                    node.head = full.head
+        small.head = self.head if columns == len(self.encoder) else self.nested["0"][str(columns)].head
+        small.final = self.final
+        return small
+
+    @torch.jit.unused
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The attention gates' maps for an input (``skip_gate``): what each gate multiplies its skip by.
+
+        Runs one pass in the network's current mode, without gradients.
+
+        Args:
+            x: an input the network takes, ``(batch, in_channels, *spatial)``.
+
+        Returns:
+            ``{"decoder.2.gate": map, ...}``, deepest level first: one map of shape ``(batch, 1, *skip size)`` per
+            gated level, from 0 to 1, over the (centre-cropped) skip connection it gates. Empty without gates.
+        """
+        maps: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, level in self.decoder.items():
+            if isinstance(level.gate, AttentionGate):
+                gate = level.gate
+                last = gate.resample if not isinstance(gate.resample, nn.Identity) else gate.sigmoid
+                key = f"decoder.{name}.gate"
+                handles.append(last.register_forward_hook(
+                    lambda module, args, out, key=key: maps.__setitem__(key, out.detach())))
+        try:
+            with torch.no_grad():
+                self(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return maps
 
     def core(self) -> nn.Module:
         """The core network as a module of its own (see :meth:`forward_core`); it shares this network's weights."""

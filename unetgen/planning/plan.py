@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sizes
-from ..errors import SizeError
+from ..errors import SizeError, SpecError
 from ..spec.fields import DEFAULT_SIZE_HINT, UNetSpec
 from ..text import AXIS_NAMES, size_text
 
@@ -581,6 +581,101 @@ class _Layers:
         self._hold(start, source)
         return current
 
+    def up(self, prefix: str, source: str, cout: int, factor: tuple[int, ...]) -> tuple[str, str]:
+        """The up-sampling ``{prefix}.up`` of ``source`` by ``factor`` to ``cout`` channels (a transposed
+        convolution, interpolation and a convolution, or interpolation alone), then the network's norm and
+        activation with ``up_norm_act``; the call holds its input.
+
+        Returns:
+            The output's name and the words for the summary.
+        """
+        spec = self.spec
+        dims = len(factor)
+        start = len(self.layers)
+        below = self.shapes[source][0]
+        mode = "nearest" if spec.interpolation == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
+        if spec.upsampling == "interpolate":
+            return (self.add(f"{prefix}.up", "upsample", (source,), stride=factor, mode=mode),
+                    f"upsample ×{_fmt(factor)} ({mode})")
+        if spec.upsampling == "transpose":
+            # A kernel wider than the factor is padded by (k − 1)/2, and by f − 1 more at the far end (torch's
+            # output_padding): exactly f times the size, each fine pixel centred under its coarse one.
+            kernel = tuple(f if spec.up_kernel_size is None else spec.up_kernel_size for f in factor)
+            padded = any(k != f for k, f in zip(kernel, factor))
+            pads = tuple((0, 0) if k == f else ((k - 1) // 2, f - 1) for k, f in zip(kernel, factor))
+            words = f"transposed conv {_fmt(kernel)}, stride {_fmt(factor)}" + (" (padded)" if padded else "")
+            current = self.add(
+                f"{prefix}.up.conv" if spec.up_norm_act else f"{prefix}.up", "conv_transpose", (source,), cout=cout,
+                kernel=kernel, stride=factor, pads=pads if padded else (), bias=spec.up_bias,
+                params=below * cout * math.prod(kernel) + int(spec.up_bias) * cout,
+            )
+        else:
+            words = f"upsample ×{_fmt(factor)} ({mode}) → conv {_fmt(factor)} (padded at the far side)"
+            current = self.add(f"{prefix}.up.upsample", "upsample", (source,), stride=factor, mode=mode)
+            current = self.add(f"{prefix}.up.pad", "pad", (current,), pads=tuple((0, f - 1) for f in factor),
+                               mode=PAD_MODES[spec.padding_mode])
+            current = self.add(f"{prefix}.up.conv", "conv", (current,), cout=cout, kernel=factor, stride=(1,) * dims,
+                               pads=((0, 0),) * dims, mode="zeros", bias=spec.up_bias,
+                               params=below * cout * math.prod(factor) + int(spec.up_bias) * cout)
+        if spec.up_norm_act:
+            if spec.norm != "none":
+                current = self.norm(f"{prefix}.up.norm", current)
+            current = self.activation(f"{prefix}.up.act", current)
+            words += ", " + ", ".join(filter(None, (_norm_words(spec), _activation_words(spec))))
+        if len(self.layers) - start > 1:
+            self._hold(start, source)
+        return current, words
+
+    def gate(self, prefix: str, skip: str, below: str, up: str, factor: tuple[int, ...]) -> str:
+        """The additive attention gate ``{prefix}.gate`` on the (cropped) skip ``skip`` (Oktay et al. 2018):
+        ``skip × σ(psi(relu(key(skip) + query(g))))``, with MONAI's design (``attention``: g the up-sampled map
+        ``up``, every convolution 1×1 and normalised) or Oktay et al.'s grid gate (``grid_attention``: g the map
+        below, ``below``; the key strides by ``factor`` onto its grid, the map is linearly up-sampled back, and a
+        1×1 convolution and norm follow). Norms in the gate have one group (its map has one channel); the call
+        holds both its inputs.
+
+        Returns:
+            The gated skip's name.
+        """
+        spec = self.spec
+        dims = len(factor)
+        ones = (1,) * dims
+        channels = self.shapes[skip][0]
+        inner = max(1, channels // spec.gate_reduction)
+        name = f"{prefix}.gate."
+
+        def conv(suffix: str, source: str, cout: int, kernel: tuple[int, ...] = ones, bias: bool = True) -> str:
+            cin = self.shapes[source][0]
+            return self.add(name + suffix, "conv", (source,), cout=cout, kernel=kernel, stride=kernel,
+                            pads=((0, 0),) * dims, mode="zeros", bias=bias,
+                            params=cin * cout * math.prod(kernel) + int(bias) * cout)
+
+        def norm(suffix: str, source: str) -> str:
+            return source if spec.norm == "none" else self.norm(name + suffix, source, groups=1)
+
+        monai = spec.skip_gate == "attention"
+        if monai:
+            key = norm("key_norm", conv("key", skip, inner))
+            query = norm("query_norm", conv("query", up, inner))
+        else:
+            key = conv("key", skip, inner, kernel=factor, bias=False)
+            query = conv("query", below, inner)
+        current = self.add(name + "add", "add", (key, query))
+        current = self.add(name + "act", "act", (current,), mode="relu")
+        current = conv("psi", current, 1)
+        if monai:
+            current = norm("psi_norm", current)
+        current = self.add(name + "sigmoid", "act", (current,), mode="sigmoid")
+        if not monai:
+            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
+            current = self.add(name + "resample", "upsample", (current,), stride=factor, mode=mode)
+        current = self.add(name + "mul", "mul", (skip, current))
+        if not monai:
+            current = norm("out_norm", conv("out", current, channels))
+        last = self.layers[-1]
+        self.layers[-1] = dataclasses.replace(last, holds=last.holds + (skip, up if monai else below))
+        return current
+
     def _hold(self, start: int, source: str) -> None:
         """The module call that ran ``layers[start:]`` keeps its argument ``source`` alive to its end."""
         last = self.layers[-1]
@@ -590,6 +685,115 @@ class _Layers:
         """The layers written since the last call."""
         layers, self.layers = tuple(self.layers), []
         return layers
+
+
+def _gate_words(spec: UNetSpec, channels: int, factor: tuple[int, ...]) -> str:
+    """E.g. ``attention gate (MONAI): 1×1 convs → 16 ch, batch norm, on the skip and the up-sampled map; relu,
+    1×1 conv → 1 ch, sigmoid; skip × map``."""
+    inner = max(1, channels // spec.gate_reduction)
+    ones = _fmt((1,) * len(factor))
+    norm = f", {spec.norm} norm" if spec.norm != "none" else ""
+    if spec.skip_gate == "attention":
+        return (f"attention gate (MONAI): conv {ones} → {inner} ch{norm} of the skip and of the up-sampled map, "
+                f"added, relu, conv {ones} → 1 ch{norm}, sigmoid; skip × map")
+    return (f"grid attention gate (Oktay): conv {_fmt(factor)} stride {_fmt(factor)} of the skip and conv {ones} "
+            f"of the map below → {inner} ch, added, relu, conv {ones} → 1 ch, sigmoid, ×{_fmt(factor)} linear; "
+            f"skip × map, conv {ones}{norm}")
+
+
+def _nested(write: _Layers, spec: UNetSpec, outputs: list[str], skips: list[Skip], block: Any, dropout_at: Any,
+            output_size: tuple[int, ...]) -> str:
+    """UNet++'s nodes (Zhou et al. 2018): X(i, j) = H([X(i, 0), ..., X(i, j − 1), U(X(i + 1, j − 1))]), each
+    earlier node of the row centre-cropped to the up-sampled map, written row by row from the bottom (each row
+    needs only the row below, so two rows are alive at a time). The auxiliary heads of deep supervision sit on
+    the top row's first nodes, cropped to the main output. Returns the last node of the top row.
+    """
+    shapes = write.shapes
+    channels = spec.level_channels
+    dims = spec.spatial_dims
+    ones = (1,) * dims
+    rows = {level: [outputs[level]] for level in range(spec.depth)}
+    for i in reversed(range(spec.depth - 1)):
+        factor = spec.pool(i)
+        for j in range(1, spec.depth - i):
+            prefix = f"nested.{i}.{j}"
+            below = rows[i + 1][j - 1]
+            cout = channels[i] if spec.up_channels == "halve" else channels[i + 1]
+            up, up_words = write.up(prefix, below, cout, factor)
+            crops, margins = [], []
+            for k, node in enumerate(rows[i]):
+                margin = []
+                for axis, (have, need) in enumerate(zip(shapes[node][1:], shapes[up][1:])):
+                    if have < need or (have - need) % 2:
+                        where = f"axis {AXIS_NAMES[dims][axis]}: " if dims > 1 else ""
+                        raise SizeError(
+                            f"{where}{prefix} cannot centre-crop X({i}, {k}) ({have}) to the up-sampled map ({need}); "
+                            "no input size gives an even margin here: change the kernels or the pool factors"
+                        )
+                    margin.append(((have - need) // 2,) * 2)
+                margins.append(tuple(m[0] for m in margin))
+                crops.append(write.add(f"{prefix}.crops.{k}", "crop", (node,), crop=tuple(margin)))
+            joined = write.add(f"{prefix}.concat", "concat", (*crops, up))
+            widths = (channels[i],) * spec.level_decoder_convs
+            current = write.block(f"{prefix}.convs.", joined, widths, spec.kernel(i), dropout_at(i), decoder=True)
+            last = write.layers[-1]  # the node's call holds the map below and its row to its end
+            write.layers[-1] = dataclasses.replace(last, holds=last.holds + (below, *rows[i]))
+            members = ", ".join(f"X({i}, {k})" for k in range(j))
+            cropped = " (centre-cropped)" if any(any(m) for m in margins) else ""
+            block(prefix, f"{up_words} of X({i + 1}, {j - 1}); concat {members}{cropped} → {shapes[joined][0]} ch, "
+                          f"{_block_words(spec, i, widths, decoder=True)}")
+            if j == spec.depth - 1 - i:
+                skips.append(Skip(i, shapes[outputs[i]][1:], shapes[up][1:], margins[0]))
+            rows[i].append(current)
+            if i == 0 and j <= spec.deep_supervision:
+                trim = tuple(((a - b) // 2,) * 2 for a, b in zip(shapes[current][1:], output_size))
+                head = write.add(f"{prefix}.head_crop", "crop", (current,), crop=trim, auxiliary=True)
+                write.add(f"{prefix}.head", "conv", (head,), cout=spec.out_channels, kernel=ones, stride=ones,
+                          pads=((0, 0),) * dims, mode="zeros", bias=True, auxiliary=True,
+                          params=channels[0] * spec.out_channels + spec.out_channels)
+                block(f"{prefix}.head", f"conv {_fmt(ones)} of X(0, {j}), auxiliary output (deep supervision)"
+                      + (", centre-cropped to the main output" if any(any(t) for t in trim) else ""))
+    return rows[0][-1]
+
+
+def pruned_spec(spec: UNetSpec, columns: int) -> UNetSpec:
+    """UNet++ pruned at inference (Zhou et al. 2018, sec. 2.3): the nodes X(i, j) with i + j ≤ ``columns``.
+
+    They are a nested network of depth ``columns + 1`` with the same levels, whose nodes have the same names and
+    sizes; its output is the head on X(0, ``columns``) (``UNet.pruned`` shares the full network's weights with it).
+    The deep-supervision heads it keeps are the full network's on columns below ``columns``.
+
+    Args:
+        spec: a nested network (``skips: nested``).
+        columns: the columns to keep, from 1 to ``depth − 1``.
+
+    Returns:
+        The pruned network's spec.
+
+    Raises:
+        SpecError: when the network is not nested, ``columns`` is out of range, or X(0, ``columns``) has no head.
+    """
+    last = spec.depth - 1
+    if spec.skips != "nested":
+        raise SpecError(f"{spec.name}: pruning keeps the first columns of UNet++'s nodes; it needs skips: nested")
+    if isinstance(columns, bool) or not isinstance(columns, int) or not 1 <= columns <= last:
+        raise SpecError(f"{spec.name}: columns {columns!r}; a nested network of depth {spec.depth} has columns 1 "
+                        f"to {last}")
+    if columns < last and columns > spec.deep_supervision:
+        raise SpecError(
+            f"{spec.name}: X(0, {columns}) has no head to output from; deep_supervision puts heads on the first "
+            f"{spec.deep_supervision} columns (build with deep_supervision: {columns} or more, and train them)"
+        )
+    depth = columns + 1
+    changes: dict[str, Any] = {"depth": depth, "deep_supervision": min(spec.deep_supervision, columns - 1),
+                               "input_size": None}
+    for name, keep in (("channels", depth), ("kernel_sizes", depth), ("pool_sizes", depth - 1),
+                       ("encoder_blocks", depth)):
+        if getattr(spec, name) is not None:
+            changes[name] = getattr(spec, name)[:keep]
+    if spec.dropout_at == "bottleneck" and columns < last:  # the pruned levels held it
+        changes.update(dropout=0.0, dropout_at="none")
+    return spec.replace(**changes)
 
 
 def make_plan(
@@ -673,27 +877,16 @@ def make_plan(
         outputs.append(current)
         block(name, words)
     skips: list[Skip] = []
+    if spec.skips == "nested":
+        current = _nested(write, spec, outputs, skips, block, dropout_at, spatial(lambda t: t.output))
     below = channels[-1]
-    for level in reversed(range(spec.depth - 1)):
+    for level in reversed(range(spec.depth - 1) if spec.skips == "plain" else ()):
         factor = spec.pool(level)
         cup = channels[level] if spec.up_channels == "halve" else below
         up_size = spatial(lambda t, lv=level: t.up[lv])
         prefix = f"decoder.{level}"
-        taps = math.prod(factor)
-        up_params = below * cup * taps + int(spec.up_bias) * cup
         below_map = current
-        if spec.upsampling == "transpose":
-            up_words = f"transposed conv {_fmt(factor)}, stride {_fmt(factor)}"
-            up = write.add(f"{prefix}.up", "conv_transpose", (current,), cout=cup, kernel=factor, stride=factor,
-                           bias=spec.up_bias, params=up_params)
-        else:
-            mode = "nearest" if spec.interpolation == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
-            up_words = f"upsample ×{_fmt(factor)} ({mode}) → conv {_fmt(factor)} (padded at the far side)"
-            up = write.add(f"{prefix}.up.upsample", "upsample", (current,), stride=factor, mode=mode)
-            up = write.add(f"{prefix}.up.pad", "pad", (up,), pads=tuple((0, f - 1) for f in factor),
-                           mode=PAD_MODES[spec.padding_mode])
-            up = write.add(f"{prefix}.up.conv", "conv", (up,), cout=cup, kernel=factor, stride=(1,) * dims,
-                           pads=((0, 0),) * dims, mode="zeros", bias=spec.up_bias, params=up_params)
+        up, up_words = write.up(prefix, current, cup, factor)
         assert shapes[up][1:] == up_size
         block(f"{prefix}.up", up_words)
         source = spatial(lambda t, lv=level: t.encoder[lv])
@@ -706,11 +899,17 @@ def make_plan(
             crop_words = f"encoder.{level} as is ({_fmt(source)})"
         cropped = write.add(f"{prefix}.crop", "crop", (outputs[level],), crop=tuple((c, c) for c in crop))
         block(f"{prefix}.crop", crop_words)
+        gated, holds = cropped, (below_map,)
+        if spec.skip_gate != "none" and (spec.gate_levels is None or level in spec.gate_levels):
+            gated = write.gate(prefix, cropped, below_map, up, factor)
+            holds += (cropped,)  # the encoder's map stays named until the concatenation
+            block(f"{prefix}.gate", _gate_words(spec, write.shapes[gated][0], factor))
         widths = (channels[level],) * spec.level_decoder_convs
-        joined = write.add(f"{prefix}.concat", "concat", (cropped, up), holds=(below_map,))
-        current = write.block(f"{prefix}.convs.", joined, widths, spec.kernel(level), dropout_at(level))
+        joined = write.add(f"{prefix}.concat", "concat", (gated, up), holds=holds)
+        current = write.block(f"{prefix}.convs.", joined, widths, spec.kernel(level), dropout_at(level),
+                              decoder=True)
         assert shapes[current][1:] == spatial(lambda t, lv=level: t.decoder[lv])
-        words = f"concat → {shapes[joined][0]} ch, {_block_words(spec, level, widths)}"
+        words = f"concat → {shapes[joined][0]} ch, {_block_words(spec, level, widths, decoder=True)}"
         block(f"{prefix}.convs", words)
         if 0 < level <= spec.deep_supervision:
             write.add(f"{prefix}.head", "conv", (current,), cout=spec.out_channels, kernel=(1,) * dims,
