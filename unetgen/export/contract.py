@@ -32,6 +32,9 @@ META_VERSION = "unetgen.version"
 META_SPEC = "unetgen.spec"
 META_SIZES = "unetgen.sizes"
 META_SIZE_RULES = "unetgen.size_rules"
+#: ``metadata_props`` key of a trained network's intensity normalisation (JSON, :mod:`unetgen.training.intensity`),
+#: which a runtime applies to an image before cutting tiles; absent: raw values.
+META_INTENSITY = "unetgen.intensity"
 
 
 def output_name(plan: Plan) -> str:
@@ -213,6 +216,7 @@ __all__ = [
     "META_SPEC",
     "META_SIZES",
     "META_SIZE_RULES",
+    "META_INTENSITY",
     "AxisRule",
     "SizesMetadata",
     "output_name",

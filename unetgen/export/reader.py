@@ -24,7 +24,10 @@ from ..errors import ExportError, SizeError, UNetGenError
 from ..planning.plan import Plan, check_input_size, make_plan
 from ..spec.fields import UNetSpec, spec_from_dict
 from ..text import human_bytes, size_text
-from .contract import META_SIZES, META_SPEC, META_VERSION, AxisRule, SizesMetadata, shape_words, size_rule_lines
+from ..training.intensity import intensity_from_dict
+from .contract import (
+    META_INTENSITY, META_SIZES, META_SPEC, META_VERSION, AxisRule, SizesMetadata, shape_words, size_rule_lines,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class OnnxInfo:
         external_data: the files holding its weights beside it (empty when self-contained).
         file_bytes: the size of the file and its external data.
         metadata: every ``metadata_props`` entry, as stored.
+        intensity: the intensity normalisation a trained network expects (``unetgen.intensity``, the dict form
+            of :mod:`unetgen.training.intensity`), or None: raw values.
     """
 
     path: Path
@@ -58,6 +63,7 @@ class OnnxInfo:
     external_data: tuple[str, ...]
     file_bytes: int
     metadata: dict[str, str]
+    intensity: dict[str, Any] | None = None
 
     @property
     def static(self) -> bool:
@@ -131,6 +137,8 @@ class OnnxInfo:
             f"sizes ({'static' if self.static else 'dynamic'} shapes, exported at {size_text(self.export_size)}):",
         ]
         lines += [f"  {line}" for line in size_rule_lines(self.plan, self.axes, self.static)]
+        if self.intensity is not None:
+            lines.append(f"intensities: {intensity_from_dict(self.intensity).describe()} (metadata '{META_INTENSITY}')")
         lines.append(f"spec (metadata '{META_SPEC}'; the fields that differ from the defaults):")
         changed = spec.model_dump(mode="json", exclude_defaults=True)
         lines += [
@@ -153,6 +161,7 @@ class OnnxInfo:
             "external_data": list(self.external_data),
             "file_bytes": self.file_bytes,
             "spec": self.spec.model_dump(mode="json"),
+            "intensity": self.intensity,
         }
 
 
@@ -189,6 +198,13 @@ def read_onnx_info(path: str | Path) -> OnnxInfo:
     except (ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"{path}: unetgen metadata is damaged ({type(exc).__name__}: {exc})") from None
     spec = spec_from_dict(spec_data, source=f"{path} (metadata {META_SPEC})")
+    intensity = None
+    if META_INTENSITY in props:
+        try:
+            intensity = json.loads(props[META_INTENSITY])
+        except ValueError as exc:
+            raise ExportError(f"{path}: unetgen metadata is damaged ({META_INTENSITY}: {exc})") from None
+        intensity_from_dict(intensity, f"{path} (metadata {META_INTENSITY})")
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
     locations = sorted(
         {entry.value for tensor in model.graph.initializer for entry in tensor.external_data if entry.key == "location"}
@@ -199,7 +215,7 @@ def read_onnx_info(path: str | Path) -> OnnxInfo:
     return OnnxInfo(
         path=path, spec=spec, version=props.get(META_VERSION, "unknown"), opset=opset, input_name=sizes.input,
         output_name=sizes.output, batch=sizes.batch, export_size=sizes.export_size, axes=sizes.axes,
-        external_data=tuple(locations), file_bytes=file_bytes, metadata=props,
+        external_data=tuple(locations), file_bytes=file_bytes, metadata=props, intensity=intensity,
     )
 
 

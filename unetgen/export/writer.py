@@ -53,6 +53,7 @@ from .contract import (
     DEFAULT_OPSET,
     DIM_NAMES,
     INPUT_NAME,
+    META_INTENSITY,
     META_SIZE_RULES,
     META_SIZES,
     META_SPEC,
@@ -298,7 +299,7 @@ def export_onnx(
                     + " along this axis (what torch.export proved); export this size with --static"
                 )
         fixed = batch if static else None
-        _annotate(onnx_model, plan, axes, fixed, heads)
+        _annotate(onnx_model, plan, axes, fixed, heads, getattr(model, "intensity", None))
         report = ExportReport(
             path=None, spec=spec, opset=opset, input_size=plan.input_size, batch=fixed, axes=axes,
             export_seconds=export_seconds, notes=_notes(source, plan, axes), heads=head_names(plan)[1:] if heads else (),
@@ -485,9 +486,11 @@ class _SameOutputForExport(nn.Module):
 
 
 def _annotate(
-    onnx_model: Any, plan: Plan, axes: tuple[AxisRule, ...], batch: int | None, heads: bool = False
+    onnx_model: Any, plan: Plan, axes: tuple[AxisRule, ...], batch: int | None, heads: bool = False,
+    intensity: dict[str, Any] | None = None,
 ) -> None:
-    """Name the dimensions and write the spec, the version and the size rules into the model's metadata."""
+    """Name the dimensions and write the spec, the version, the size rules and a trained network's intensity
+    normalisation into the model's metadata."""
     spec = plan.spec
     ids = DIM_NAMES[spec.spatial_dims]
     graph = onnx_model.graph
@@ -529,6 +532,8 @@ def _annotate(
     props[META_SPEC] = json.dumps(spec.model_dump(mode="json"), separators=(",", ":"))
     props[META_SIZES] = sizes.to_json()
     props[META_SIZE_RULES] = "; ".join(size_rule_lines(plan, axes, batch is not None))
+    if intensity is not None:
+        props[META_INTENSITY] = json.dumps(intensity, separators=(",", ":"))
     onnx_model.doc_string = (
         f"{spec.name}: U-Net from unetgen {__version__}"
         + (f" ({spec.description})" if spec.description else "")

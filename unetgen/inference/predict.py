@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..errors import ExportError, UNetGenError
 from ..text import size_text
+from ..training.intensity import intensity_from_dict
 from .image_checks import Channels, check_image
 from .runners import Runner, load_model
 from .tiling import DEFAULT_OVERLAP, TileLayout, plan_tiles, reflect
@@ -67,7 +68,8 @@ def predict(
             checkpoint path, or an ONNX file exported by unetgen (run by onnxruntime; the same result to float
             rounding).
         image: ``(C, *spatial)``, ``(*spatial)`` for one channel, or ``(*spatial, C)`` with ``channels="last"``;
-            integers or floats, passed to the network as float32 without rescaling.
+            integers or floats, normalised as the network was trained (the checkpoint's or ONNX file's intensity
+            normalisation, :mod:`unetgen.training.intensity`), else passed as float32 without rescaling.
         channels: where the channel axis of ``image`` is, ``first`` or ``last``.
         output: ``logits``: float32 ``(out_channels, *spatial)``, what the network outputs (probabilities after a
             final sigmoid or softmax); ``labels``: the class of each pixel, ``(*spatial)``, uint8 (uint16 above 256
@@ -93,6 +95,8 @@ def predict(
     runner = load_model(model)
     spec = runner.spec
     pixels = check_image(image, spec, channels)
+    if runner.intensity is not None:  # the whole image, as in training: its statistics, not a tile's
+        pixels = intensity_from_dict(runner.intensity, f"{runner.source}: intensity").apply(pixels)
     size = tuple(int(n) for n in pixels.shape[1:])
     fixed_batch = None
     if runner.fixed is not None:

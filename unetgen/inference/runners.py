@@ -39,12 +39,15 @@ class Runner:
         fixed: ``(batch, tile size)`` when the network only takes one shape (a static ONNX file), else None.
         whole: whether it runs the whole network, which mirrors each tile itself when the network has
             ``output: same`` (an ONNX file); False: it runs what it is given, as the core does.
+        intensity: the intensity normalisation the network was trained with (:mod:`unetgen.training.intensity`'s
+            dict form), or None for raw values.
     """
 
     spec: UNetSpec
     source: str
     fixed: tuple[int, tuple[int, ...]] | None = None
     whole: bool = False
+    intensity: dict[str, Any] | None = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -83,6 +86,7 @@ class TorchRunner(Runner):
         self.model = model
         self.spec = model.spec
         self.source = source
+        self.intensity = getattr(model, "intensity", None)
         first = next(model.parameters(), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.core: Any = None  # the core that runs tiles, while running()
@@ -143,6 +147,7 @@ class OnnxRunner(Runner):
         info = self.session.info
         self.spec = info.spec
         self.source = str(info.path)
+        self.intensity = info.intensity
         if info.static:
             self.fixed = (int(info.batch), tuple(info.export_size))
 

@@ -1,12 +1,15 @@
 """Checkpoints: the spec and the weights in one file, written atomically and loaded safely (``weights_only``).
 
 Loading checks the weights against the network in one place (:func:`_load_state`), for checkpoints and for files
-of weights alone.
+of weights alone. A trained network's intensity normalisation (``model.intensity``, see
+:mod:`unetgen.training.intensity`) is saved with it and set again on load; ``unetgen train`` adds its own entries
+(the state to resume from), which loading ignores.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,12 +25,14 @@ FORMAT = "unetgen-checkpoint"
 FORMAT_VERSION = 1
 
 
-def save(model: UNet, path: str | Path) -> Path:
-    """Save a built network's spec and weights to one file.
+def save(model: UNet, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+    """Save a built network's spec and weights (and its intensity normalisation, if it has one) to one file.
 
     Args:
         model: a network from :func:`unetgen.build` (or :func:`load`).
         path: the file to write (conventionally ``.pt``); replaced atomically.
+        extra: more entries to store (tensors, numbers, strings, lists and dicts of them), e.g. a training state;
+            :func:`load` ignores them. They cannot replace the checkpoint's own entries.
 
     Returns:
         The path written.
@@ -43,6 +48,13 @@ def save(model: UNet, path: str | Path) -> Path:
         "spec": json.dumps(model.spec.model_dump(mode="json")),
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
     }
+    intensity = getattr(model, "intensity", None)
+    if intensity is not None:
+        payload["intensity"] = json.dumps(intensity)
+    for key, value in (extra or {}).items():
+        if key in payload or key == "intensity":
+            raise ValueError(f"extra: {key!r} is one of the checkpoint's own entries")
+        payload[key] = value
 
     def write(handle: BinaryIO) -> None:
         writer = _Writer(handle)
@@ -165,6 +177,11 @@ def _from_checkpoint(payload: dict[str, Any], path: Path) -> UNet:
         raise CheckpointError(f"{path}: the checkpoint has no state_dict")
     model = build(spec)
     _load_state(model, state, path)
+    if "intensity" in payload:
+        try:
+            model.intensity = json.loads(payload["intensity"])
+        except (TypeError, ValueError, RecursionError):
+            raise CheckpointError(f"{path}: the checkpoint's intensity entry is not JSON") from None
     return model
 
 
