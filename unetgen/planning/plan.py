@@ -598,11 +598,11 @@ class _Layers:
             return (self.add(f"{prefix}.up", "upsample", (source,), stride=factor, mode=mode),
                     f"upsample ×{_fmt(factor)} ({mode})")
         if spec.upsampling == "transpose":
-            # A kernel wider than the factor is padded by (k − 1)/2, and by f − 1 more at the far end (torch's
-            # output_padding): exactly f times the size, each fine pixel centred under its coarse one.
+            # An odd kernel is padded by (k − 1)/2, and by f − 1 more at the far end (torch's output_padding):
+            # exactly f times the size (MONAI's UpConv).
             kernel = tuple(f if spec.up_kernel_size is None else spec.up_kernel_size for f in factor)
-            padded = any(k != f for k, f in zip(kernel, factor))
-            pads = tuple((0, 0) if k == f else ((k - 1) // 2, f - 1) for k, f in zip(kernel, factor))
+            padded = spec.up_kernel_size is not None and spec.up_kernel_size % 2 == 1
+            pads = tuple(((k - 1) // 2, f - 1) for k, f in zip(kernel, factor))
             words = f"transposed conv {_fmt(kernel)}, stride {_fmt(factor)}" + (" (padded)" if padded else "")
             current = self.add(
                 f"{prefix}.up.conv" if spec.up_norm_act else f"{prefix}.up", "conv_transpose", (source,), cout=cout,

@@ -183,9 +183,10 @@ class UNetSpec(BaseModel):
     )
     up_kernel_size: int | None = Field(
         None, ge=1, le=15,
-        description="Kernel of the transposed up-convolution (default: the up-sampling factor, so the kernels do "
-        "not overlap). A kernel other than the factor must be odd and is padded so that the map is exactly "
-        "factor × as large (MONAI's AttentionUnet: 3); it needs padding: same.",
+        description="Kernel of the transposed up-convolution (default: the up-sampling factor, unpadded, so the "
+        "kernels do not overlap). An odd kernel is padded by (kernel − 1)/2, and by factor − 1 more at the far end, "
+        "so that the map is exactly factor × as large (MONAI's AttentionUnet: 3); it needs padding: same. An even "
+        "one must be the factor.",
     )
     up_norm_act: bool = Field(
         False,
@@ -402,17 +403,17 @@ class UNetSpec(BaseModel):
             factors = {f for level in range(data["depth"] - 1) for f in _level_pool(data, level)}
         except (KeyError, TypeError, IndexError):
             return value  # an earlier field failed; it has its own error
-        if factors <= {value}:
-            return value
         if value % 2 == 0:
+            if factors <= {value}:
+                return value
             raise ValueError(
-                "must be odd or the up-sampling factor: a wider kernel is padded by (kernel − 1)/2 on each side, "
+                "must be odd, or the up-sampling factor: an odd kernel is padded by (kernel − 1)/2 on each side, "
                 "which needs a centre"
             )
         if data.get("padding") != "same":
             raise ValueError(
-                "needs padding: same; a kernel other than the factor is padded at the map's edges (or leave it "
-                "out)"
+                "needs padding: same; an odd kernel is padded at the map's edges (or leave it out: the kernel is "
+                "then the factor, unpadded)"
             )
         return value
 
