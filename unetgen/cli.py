@@ -181,7 +181,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.runners import load_model
     from .inference.tiling import plan_tiles
 
-    runner = load_model(args.weights, args.spec)
+    runner = load_model(args.weights, args.spec, precision=args.precision)
     spec = runner.spec
     output_kind(args.output, args.logits, spec.spatial_dims)
     check_target(args.output)
@@ -301,6 +301,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--overlap", type=float, default=0.25, metavar="F",
         help="blended networks: least overlap of neighbouring tiles, a fraction of the tile (default 0.25)",
+    )
+    predict.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"),
+        help="run a checkpoint in bfloat16 or float16 where the hardware makes it faster (else fp32, and a line "
+        "says why); default: the network's own",
     )
     predict.set_defaults(func=_cmd_predict)
     draw = commands.add_parser(

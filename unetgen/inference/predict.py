@@ -48,6 +48,7 @@ def predict(
     batch_size: int | None = None,
     overlap: float = DEFAULT_OVERLAP,
     progress: bool = False,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Segment an image or volume of any size by overlap-tiles; the output has the image's size.
 
@@ -81,6 +82,10 @@ def predict(
         batch_size: tiles per pass; default as many as fit ``memory`` (at most 16).
         overlap: blended networks: the least overlap of neighbouring tiles, a fraction of the tile (0 to 0.5].
         progress: show a progress bar (tqdm) on standard error when it is a terminal.
+        precision: ``bf16`` or ``fp16``: run a torch network in that precision (:func:`unetgen.optimize` with
+            ``dtype``), where the hardware makes it faster; elsewhere it runs ``fp32`` and a log line says which
+            instruction is missing. Default: the network's own precision (an ONNX file's is the one it was
+            exported at).
 
     Returns:
         The logits or labels, the image's spatial size.
@@ -92,7 +97,7 @@ def predict(
     """
     if output not in ("logits", "labels"):
         raise UNetGenError(f"output {output!r}: give 'logits' or 'labels'")
-    runner = load_model(model)
+    runner = load_model(model, precision=precision)
     spec = runner.spec
     pixels = check_image(image, spec, channels)
     if runner.intensity is not None:  # the whole image, as in training: its statistics, not a tile's

@@ -20,7 +20,7 @@ import torch
 from ..errors import SpecError, UNetGenError
 from ..export.reader import OnnxSession, onnx_session
 from ..network.checkpoint import load_weights
-from ..network.optimization import optimize
+from ..network.optimization import PRECISIONS, optimize, slow_precision
 from ..network.unet import UNet
 from ..planning.limits import check_pass_fits
 from ..planning.plan import Plan
@@ -51,6 +51,15 @@ class Runner:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def set_precision(self, precision: str) -> None:
+        """Run in ``precision`` (``fp32``, ``bf16``, ``fp16``), where the network can.
+
+        Raises:
+            UNetGenError: for an unknown precision, or one this network cannot switch to.
+        """
+        if precision not in _PRECISION_NAMES:
+            raise UNetGenError(f"precision {precision!r}: give one of {', '.join(_PRECISION_NAMES)}")
 
     def check(self, shape: tuple[int, ...], plan: Plan) -> None:
         """Raise a clear error, before any work, if the network cannot take a batch of ``shape``.
@@ -90,18 +99,30 @@ class TorchRunner(Runner):
         first = next(model.parameters(), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.core: Any = None  # the core that runs tiles, while running()
+        self.dtype: torch.dtype | None = None  # a lower precision to run in (None: the network's own)
+
+    def set_precision(self, precision: str) -> None:
+        """Run tiles in ``precision`` through :func:`unetgen.optimize`'s copy; where the device has no fast path
+        for it, run float32 and say why in one log line."""
+        super().set_precision(precision)
+        reason = slow_precision(precision, self.device)
+        if reason is not None:
+            log.warning("%s: %s would run slower than fp32 here (%s): running fp32", self.source, precision, reason)
+            precision = "fp32"
+        self.dtype = _PRECISION_NAMES[precision]
 
     @property
     def weight_bytes(self) -> int:
         """Bytes of the network's parameters: what :func:`unetgen.optimize`'s copy adds to a pass, at most."""
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        size = self.dtype.itemsize if self.dtype is not None else None
+        return sum(p.numel() * (size or p.element_size()) for p in self.model.parameters())
 
     @contextmanager
     def running(self, spare: int = 0) -> Iterator[Runner]:
         was_training = self.model.training
         self.model.eval()  # dropout off, batch norm on its running statistics
         if self.weight_bytes <= spare:
-            fast = optimize(self.model)
+            fast = optimize(self.model, dtype=self.dtype)
             self.core = fast.core()
             log.info("%s: running unetgen.optimize's copy (%s)", self.source, ", ".join(fast.optimizations))
         else:
@@ -154,11 +175,20 @@ class OnnxRunner(Runner):
     def check(self, shape: tuple[int, ...], plan: Plan) -> None:
         self.session.check(shape)
 
+    def set_precision(self, precision: str) -> None:
+        """An ONNX file runs at the precision it was exported at: refuse another."""
+        super().set_precision(precision)
+        if precision != "fp32":
+            raise UNetGenError(
+                f"{self.source}: precision {precision}: an ONNX file runs at the precision it was exported at "
+                "(fp32); give a torch checkpoint to run it in another, or export a quantized file"
+            )
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(batch), dtype=np.float32)
 
 
-def load_model(source: Any, spec: UNetSpec | str | None = None) -> Runner:
+def load_model(source: Any, spec: UNetSpec | str | None = None, precision: str | None = None) -> Runner:
     """Open a network to predict with.
 
     Args:
@@ -167,6 +197,8 @@ def load_model(source: Any, spec: UNetSpec | str | None = None) -> Runner:
             needs ``spec``; or an ONNX file exported by unetgen (``.onnx``).
         spec: the network's spec (a spec, preset name or YAML path). Needed for a file of weights alone; for a
             checkpoint or an ONNX file, which hold their spec, it must describe the same network.
+        precision: ``fp32``, ``bf16`` or ``fp16``: the precision a torch network runs in (see
+            :meth:`Runner.set_precision`); default: the network's own.
 
     Returns:
         A :class:`Runner`.
@@ -195,6 +227,8 @@ def load_model(source: Any, spec: UNetSpec | str | None = None) -> Runner:
         )
     if spec is not None:
         _check_same_network(load_spec(spec), runner)
+    if precision is not None:
+        runner.set_precision(precision)
     return runner
 
 
@@ -208,5 +242,8 @@ def _check_same_network(spec: UNetSpec, runner: Runner) -> None:
         shown = ", ".join(f"{key}: {theirs.get(key)!r} in the file, {mine[key]!r} in the spec" for key in fields[:3])
         raise SpecError(f"{runner.source}: holds another network than the spec '{spec.name}' ({shown})")
 
+
+#: ``predict``'s precisions and the dtypes they run in.
+_PRECISION_NAMES: dict[str, torch.dtype] = {name: dtype for dtype, name in PRECISIONS.items()}
 
 __all__ = ["Runner", "TorchRunner", "OnnxRunner", "load_model"]

@@ -98,7 +98,11 @@ def _field_bound(plan: Plan, axis: int) -> int:
             k, s = layer.kernel[axis], layer.stride[axis]
             before = layer.pads[axis][0] if layer.pads else 0
             lo, hi, jump = lo - before * jump, hi + (k - 1 - before) * jump, jump * s
-        elif kind in ("conv_transpose", "upsample"):  # fine pixel o sees coarse pixel o // f
+        elif kind == "conv_transpose":  # fine pixel o sees coarse pixels (o + p − k + 1)/f to (o + p)/f
+            f, k, p = layer.stride[axis], layer.kernel[axis], layer.pads[axis][0] if layer.pads else 0
+            jump //= f
+            lo, hi = lo + (p - k + 1) * jump, hi + p * jump
+        elif kind == "upsample":  # fine pixel o sees coarse pixel o // f
             f = layer.stride[axis]
             jump //= f
             lo -= (f - 1) * jump
@@ -106,7 +110,7 @@ def _field_bound(plan: Plan, axis: int) -> int:
                 lo, hi = lo - f * jump, hi + f * jump
         elif kind == "crop":
             lo, hi = lo + layer.crop[axis][0] * jump, hi + layer.crop[axis][0] * jump
-        elif kind in ("concat", "add"):
+        elif kind in ("concat", "add", "mul"):
             others = [seen[name] for name in layer.inputs]
             lo, hi = min(o[0] for o in others), max(o[1] for o in others)
         seen[layer.name] = (lo, hi, jump)
@@ -168,6 +172,12 @@ def input_windows(plan: Plan, axis: int, layer: str | None = None) -> list[Inter
         if kind in ("conv", "max_pool", "avg_pool"):
             before, after = step.pads[axis] if step.pads else (0, 0)
             current = _conv(current, step.kernel[axis], step.stride[axis], before, after)
+        elif kind == "conv_transpose" and step.pads:  # fine pixel o: coarse pixels (o + p − k + 1)/f to (o + p)/f
+            f, k, p = step.stride[axis], step.kernel[axis], step.pads[axis][0]
+            spans = [(max(0, -(-(o + p - k + 1) // f)), min(len(current) - 1, (o + p) // f))
+                     for o in range(len(current) * f)]
+            current = [(min(c[0] for c in current[a : b + 1]), max(c[1] for c in current[a : b + 1]))
+                       for a, b in spans]
         elif kind == "conv_transpose":  # kernel = stride = f: fine pixel i comes from coarse pixel i // f
             f = step.stride[axis]
             current = [current[i // f] for i in range(len(current) * f)]
@@ -182,7 +192,7 @@ def input_windows(plan: Plan, axis: int, layer: str | None = None) -> list[Inter
         elif kind == "crop":
             before, after = step.crop[axis]
             current = current[before : len(current) - after]
-        elif kind in ("concat", "add"):
+        elif kind in ("concat", "add", "mul"):
             others = [maps[name] for name in step.inputs]
             current = [(min(o[0] for o in group), max(o[1] for o in group)) for group in zip(*others)]
         maps[step.name] = current
@@ -264,6 +274,8 @@ def _spoilt(plan: Plan, axis: int, padded_convs: bool = True) -> tuple[int, int]
                 near = min(out, -(-(near + before) // s))
             if far > 0 or (after > 0 and padded_convs):  # the first output that reads pixel n − far or beyond
                 far = min(out, out - max(0, -(-(n - far - k + 1 + before) // s)))
+        elif kind == "conv_transpose" and layer.pads:
+            near, far = _spoilt_transpose(near, far, n, layer, axis, padded_convs)
         elif kind == "conv_transpose" or (kind == "upsample" and layer.mode == "nearest"):
             f = layer.stride[axis]
             near, far = near * f, far * f
@@ -275,12 +287,30 @@ def _spoilt(plan: Plan, axis: int, padded_convs: bool = True) -> tuple[int, int]
         elif kind in ("crop", "output_crop"):
             before, after = layer.crop[axis]
             near, far = max(0, near - before), max(0, far - after)
-        elif kind in ("concat", "add"):
+        elif kind in ("concat", "add", "mul"):
             near = max(spoilt[name][0] for name in layer.inputs)
             far = max(spoilt[name][1] for name in layer.inputs)
         spoilt[layer.name] = (near, far)
         shapes[layer.name] = layer.shape[1 + axis]
     return spoilt[plan.main_layers[-1].name]
+
+
+def _spoilt_transpose(near: int, far: int, n: int, layer: Layer, axis: int, padded: bool) -> tuple[int, int]:
+    """Spoilt pixels after a padded transposed convolution of a map of ``n`` pixels: fine pixel ``o`` reads coarse
+    pixels ``(o + p − k + 1)/f`` (rounded up) to ``(o + p)/f`` (rounded down); it is spoilt where those reach a
+    spoilt pixel, or past the map's edge (which a whole-image pass has, when padding counts)."""
+    f, k, p = layer.stride[axis], layer.kernel[axis], layer.pads[axis][0]
+    out = n * f
+    new_near = new_far = 0
+    if near > 0 or padded:
+        low = near  # the first coarse pixel that is neither spoilt nor made up
+        while new_near < out and -(-(new_near + p - k + 1) // f) < low:
+            new_near += 1
+    if far > 0 or padded:
+        high = n - far  # the first coarse pixel past the good ones
+        while new_far < out and (out - 1 - new_far + p) // f >= high:
+            new_far += 1
+    return new_near, new_far
 
 
 def _spoilt_linear(near: int, far: int, n: int, f: int) -> tuple[int, int]:
