@@ -266,7 +266,9 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         auxiliary: List[torch.Tensor] = []
         if self.is_nested:
-            x = self._nested(x, skips, heads, auxiliary)
+            skips.append(x)
+            del x  # the nodes release the bottleneck's map once the node above has read it
+            x = self._nested(skips, heads, auxiliary)
         for level in self.decoder.values():
             # DecoderLevel.forward, inlined so that each tensor is released as soon as it has been used: the
             # map from below once it is up-sampled (and gated), the skip once it is concatenated.
@@ -282,21 +284,21 @@ class UNet(nn.Module):
             auxiliary.reverse()  # the decoder ran deepest first
         return [self.head(x)] + auxiliary
 
-    def _nested(self, x: torch.Tensor, skips: List[torch.Tensor], heads: bool,
-                auxiliary: List[torch.Tensor]) -> torch.Tensor:
-        """UNet++'s nodes row by row from the bottom (Zhou et al. 2018): each row reads only the row below, which
-        is released node by node; returns the top row's last node. The top row's heads go to ``auxiliary``."""
-        below_row: List[torch.Tensor] = [x]
+    def _nested(self, skips: List[torch.Tensor], heads: bool, auxiliary: List[torch.Tensor]) -> torch.Tensor:
+        """UNet++'s nodes row by row from the bottom (Zhou et al. 2018), from the encoder's maps ``skips`` (the
+        bottleneck's last): each row reads only the row below, which is released node by node; returns the top
+        row's last node. The top row's heads go to ``auxiliary``."""
+        below_row: List[torch.Tensor] = [skips.pop()]
         current: List[torch.Tensor] = []
         for row in self.nested.values():
             current = [skips.pop()]
             for node in row.values():
                 below = below_row.pop(0)
-                x = node(below, current)
+                out = node(below, current)
                 del below
                 if heads and node.has_head:
-                    auxiliary.append(node.head(node.head_crop(x)))
-                current.append(x)
+                    auxiliary.append(node.head(node.head_crop(out)))
+                current.append(out)
             below_row = current
         x = below_row[-1]
         current = []
