@@ -213,6 +213,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_nnunet(args: argparse.Namespace) -> int:
+    from .interop.nnunet import import_nnunet, write_import
+
+    imported = import_nnunet(args.plans, args.configuration, dataset_json=args.dataset_json,
+                             checkpoint=args.checkpoint)
+    plan = make_plan(imported.spec)
+    channels = f"{plan.input_shape[0]} → {plan.output_shape[0]} channels"
+    print(f"nnU-Net {imported.network_class} '{imported.configuration}': {channels}, {plan.depth} levels, "
+          f"{plan.parameters:,} parameters, patch {size_text(plan.input_size)}")
+    paths = write_import(imported, args.out, source=Path(args.plans).name)
+    print(f"wrote {paths[0]}")
+    if imported.model is not None:
+        info = imported.checkpoint
+        print(f"wrote {paths[1]} ({info['tensors']} weights of {info['trainer']}, fold {info['fold']}, "
+              f"epoch {info['epoch']})")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="unetgen",
@@ -369,6 +387,31 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE", help="an .onnx file written by unetgen export")
     inspect.add_argument("--json", action="store_true", help="print it as JSON")
     inspect.set_defaults(func=_cmd_inspect)
+    import_cmd = commands.add_parser(
+        "import",
+        help="read another library's network as a unetgen spec (and its trained weights)",
+        description="Read another library's network as a unetgen spec, and its trained weights as a unetgen "
+        "checkpoint. Whatever unetgen cannot reproduce exactly is refused by name, never approximated.",
+    )
+    peers = import_cmd.add_subparsers(dest="peer", metavar="LIBRARY")
+    peers.required = True
+    nnunet = peers.add_parser(
+        "nnunet",
+        help="an nnU-Net v2 configuration (plans.json), and a checkpoint of it",
+        description="Write the unetgen spec of one configuration of an nnU-Net v2 plans file (PlainConvUNet or "
+        "ResidualEncoderUNet; the architecture section, or the old plan keys), and with --checkpoint a unetgen "
+        "checkpoint with its trained weights (read with torch.load(weights_only=True)). See docs/nnunet.md.",
+    )
+    nnunet.add_argument("plans", metavar="PLANS", help="the plans file (nnUNetPlans.json, or plans.json of a model)")
+    nnunet.add_argument("-c", "--configuration", required=True, metavar="NAME",
+                        help="the configuration: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres, ...")
+    nnunet.add_argument("--dataset-json", metavar="FILE",
+                        help="the dataset.json (input channels and classes); default: the checkpoint's")
+    nnunet.add_argument("--checkpoint", metavar="FILE",
+                        help="an nnU-Net checkpoint of that configuration (fold_0/checkpoint_final.pth)")
+    nnunet.add_argument("--out", required=True, metavar="PATH",
+                        help="a .yaml file (the checkpoint beside it, .pt), or a folder: CONFIGURATION.yaml and .pt")
+    nnunet.set_defaults(func=_cmd_import_nnunet)
     schema = commands.add_parser(
         "schema",
         help="print the spec's JSON Schema, for editors' completion and checks of spec files",
