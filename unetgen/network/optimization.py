@@ -18,6 +18,13 @@
   loses precision on large maps (relative errors up to 1e-3 at nnU-Net's 40×224×192), and its instance norm copies
   channels-last maps back to contiguous ones, which is slower than not converting them.
 
+``optimize(model, dtype=torch.bfloat16)`` (or ``torch.float16``) also runs every layer in that precision: the
+weights are folded in float64 and then rounded once, the input is converted on the way in and the output is
+float32 again before the final activation (sigmoid and softmax in float32). It is faster only where the hardware
+has instructions for it (:func:`unetgen.hardware.missing_instructions`: on the CPU, bfloat16 needs AVX-512 BF16
+or AMX, float16 AMX-FP16; on a GPU, bfloat16 needs compute capability 8.0); elsewhere each value is widened to
+float32 and back, slower than float32 itself, so it is refused with the instruction that is missing.
+
 ``optimize(model, winograd=True)`` goes further on 2D networks: large maps are convolved with Winograd's algorithm
 (:class:`WinogradConv2d`), faster still, but less exact and with a larger workspace.
 ``optimize(model, for_export=True)`` does only the first two, which help every runtime: :func:`unetgen.export_onnx`
@@ -32,14 +39,18 @@ they stay. Skip tensors are released as soon as they are concatenated, as in eve
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import hardware
 from ..errors import UNetGenError
-from .unet import UNet, _is_exporting
+from .unet import EncoderLevel, UNet, _is_exporting
+
+log = logging.getLogger(__name__)
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -48,28 +59,62 @@ _INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 _IN_PLACE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SiLU)
 #: The layout per number of spatial axes (None: leave it). 1D convolutions gain nothing from NWC on the CPU.
 _CHANNELS_LAST: dict[int, str | None] = {1: None, 2: "channels_last", 3: "channels_last_3d"}
+#: Poolings, by their number of spatial axes: the layers without weights that may lack a lower-precision kernel.
+_POOLS: dict[type, int] = {
+    nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3, nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3,
+}
+#: The precisions ``optimize(dtype=...)`` runs, by dtype: the name in :mod:`unetgen.hardware` and in messages.
+PRECISIONS: dict[torch.dtype, str] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class ToMemoryFormat(nn.Module):
-    """Return the input in a memory layout (a no-op when it already is): where the layout changes in the network."""
+    """Return the input in a memory layout, and a dtype, in one copy (none when it already is): where the layout or
+    the precision changes in the network."""
 
-    def __init__(self, layout: str) -> None:
+    def __init__(self, layout: str, dtype: str = "") -> None:
         """Args:
-        layout: ``channels_last``, ``channels_last_3d`` or ``contiguous`` (a name: TorchScript keeps no
-            ``torch.memory_format`` attributes).
+        layout: ``channels_last``, ``channels_last_3d``, ``contiguous`` or ``preserve`` (a name: TorchScript keeps
+            no ``torch.memory_format`` attributes).
+        dtype: ``float32``, ``bfloat16`` or ``float16``; empty: keep the input's.
         """
         super().__init__()
         self.layout = layout
+        self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        if self.dtype == "float32":
+            dtype = torch.float32
+        elif self.dtype == "bfloat16":
+            dtype = torch.bfloat16
+        elif self.dtype == "float16":
+            dtype = torch.float16
         if self.layout == "channels_last":
-            return x.contiguous(memory_format=torch.channels_last)
+            return x.to(dtype=dtype, memory_format=torch.channels_last)
         if self.layout == "channels_last_3d":
-            return x.contiguous(memory_format=torch.channels_last_3d)
-        return x.contiguous()
+            return x.to(dtype=dtype, memory_format=torch.channels_last_3d)
+        if self.layout == "contiguous":
+            return x.to(dtype=dtype, memory_format=torch.contiguous_format)
+        return x.to(dtype=dtype)
 
     def extra_repr(self) -> str:
-        return self.layout
+        return self.layout + (f", {self.dtype}" if self.dtype else "")
+
+
+class InFloat32(nn.Module):
+    """Run a layer in float32 inside a lower-precision network: for the few operations PyTorch has no bfloat16 or
+    float16 kernel for on the CPU (``avg_pool3d``, torch 2.13). Pooling is a pass over memory, so the two
+    conversions cost little."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        """Args:
+        layer: a layer without weights (a pooling).
+        """
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.float()).to(x.dtype)
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -110,13 +155,16 @@ class WinogradConv2d(nn.Conv2d):
 
 
 def optimize(
-    model: UNet, *, channels_last: bool | None = None, winograd: bool = False, for_export: bool = False
+    model: UNet, *, channels_last: bool | None = None, winograd: bool = False, for_export: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> UNet:
-    """A copy of ``model`` for fast inference, with the same outputs (within float32 rounding).
+    """A copy of ``model`` for fast inference, with the same outputs (within float32 rounding, or the rounding of
+    ``dtype``).
 
     Folds batch normalisation into the convolutions, removes dropout, computes instance norm as group norm, runs
-    activations in place and keeps the feature maps channels-last (2D and 3D networks without a per-sample norm).
-    The user's model is not changed. See the module notes for each step and why.
+    activations in place and keeps the feature maps channels-last (2D and 3D networks without a per-sample norm);
+    with ``dtype``, runs every layer in bfloat16 or float16. The user's model is not changed. See the module notes
+    for each step and why.
 
     Args:
         model: a network from :func:`unetgen.build` or :func:`unetgen.load`, in any mode.
@@ -130,15 +178,20 @@ def optimize(
         for_export: only the rewrites that help every runtime (batch norm folded, dropout removed), for
             ``torch.export`` and ONNX: layouts mean nothing in an exported graph, and an instance norm exports as
             one ONNX ``InstanceNormalization`` where a group norm becomes five operations.
+        dtype: ``torch.bfloat16`` or ``torch.float16``: run every layer in that precision (weights and feature
+            maps); the copy takes any floating input and returns float32. Only where the device has the
+            instructions that make it faster than float32 (see the module notes). Default: the model's dtype.
 
     Returns:
-        A new :class:`~unetgen.network.UNet` in eval mode, on the same device and with the same dtype, without
-        gradients, that computes what ``model`` computes in eval mode. Its ``optimizations`` attribute lists what
-        was done, in words.
+        A new :class:`~unetgen.network.UNet` in eval mode, on the same device and with the same dtype (or
+        ``dtype``), without gradients, that computes what ``model`` computes in eval mode. Its ``optimizations``
+        attribute lists what was done, in words.
 
     Raises:
-        UNetGenError: when ``model`` is not a network built by unetgen, or the options contradict each other
-            (``channels_last`` for a 1D network, or with ``winograd`` or ``for_export``).
+        UNetGenError: when ``model`` is not a network built by unetgen, the options contradict each other
+            (``channels_last`` for a 1D network, or with ``winograd`` or ``for_export``; ``dtype`` with
+            ``winograd`` or ``for_export``), ``dtype`` is not one of float32, bfloat16 and float16, or the device
+            has no fast path for it (naming the missing instruction).
     """
     if not isinstance(model, UNet):
         raise UNetGenError(
@@ -150,6 +203,7 @@ def optimize(
     if for_export and (channels_last or winograd):
         raise UNetGenError("optimize: for_export leaves layouts and convolution algorithms to the runtime; "
                            "leave out channels_last and winograd")
+    lower = _lower_precision(model, dtype, winograd=winograd, for_export=for_export)
     winograd = winograd and dims == 2 and torch.backends.nnpack.is_available()
     if channels_last and winograd:
         raise UNetGenError("optimize: winograd runs on contiguous maps; leave out channels_last=True")
@@ -185,14 +239,116 @@ def optimize(
             done.append(f"{in_place} activation{_s(in_place)} in place")
     if winograd:
         done.append(f"{_use_winograd(fast)} convolutions by Winograd's algorithm on large maps")
+    if lower is not None:
+        fast.to(lower)  # after folding, which works in float64: each weight is rounded once
+        done.append(f"{lower}".replace("torch.", "") + " weights and feature maps")
+        islands = _float32_islands(fast, lower)
+        if islands:
+            done.append(f"{islands} in float32")
     if layout is not None:
         fast.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
-        first = fast.encoder[0] if len(fast.encoder) else fast.bottleneck
-        first.pool = ToMemoryFormat(layout)  # level 0 has no pool: an Identity, replaced
-        fast.final = nn.Sequential(fast.final, ToMemoryFormat("contiguous"))
         done.append(f"feature maps {layout}")
+    if layout is not None or lower is not None:
+        name = str(lower).replace("torch.", "") if lower is not None else ""
+        _set_entry(fast, ToMemoryFormat(layout or "preserve", name))
+        if lower is not None:  # back to float32 before the final activation: sigmoid and softmax in float32
+            fast.final = nn.Sequential(ToMemoryFormat("contiguous" if layout else "preserve", "float32"), fast.final)
+        else:
+            fast.final = nn.Sequential(fast.final, ToMemoryFormat("contiguous"))
     fast.optimizations = tuple(done)
     return fast
+
+
+def _lower_precision(
+    model: UNet, dtype: torch.dtype | None, *, winograd: bool, for_export: bool
+) -> torch.dtype | None:
+    """The lower precision to run in (None: keep the model's), after refusing what cannot be done or would be
+    slower than float32 on the model's device."""
+    if dtype is None:
+        return None
+    if dtype not in PRECISIONS:
+        shown = ", ".join(f"torch.{str(d).replace('torch.', '')}" for d in PRECISIONS)
+        raise UNetGenError(f"optimize: dtype {dtype!r}: give one of {shown}")
+    first = next(model.parameters(), None)
+    current = first.dtype if first is not None else torch.float32
+    if dtype == torch.float32:  # always a fast path; a no-op unless the model is in another precision
+        return None if current == torch.float32 else torch.float32
+    name = PRECISIONS[dtype]
+    if winograd or for_export:
+        raise UNetGenError(
+            f"optimize: dtype {name} with {'winograd' if winograd else 'for_export'}: Winograd's convolutions run "
+            "float32 only, and an export writes float32 (quantize the file instead: export_onnx(quantize=...)); "
+            "leave one out"
+        )
+    device = first.device if first is not None else torch.device("cpu")
+    reason = slow_precision(name, device)
+    if reason is not None:
+        raise UNetGenError(
+            f"optimize: {name} would run slower than float32 here: {reason}; leave dtype out (float32), or run "
+            "on hardware that has them"
+        )
+    return dtype
+
+
+def slow_precision(precision: str, device: torch.device | str = "cpu") -> str | None:
+    """Why ``precision`` would run slower than float32 on ``device``, in words; None when it has a fast path.
+
+    Args:
+        precision: ``bf16`` or ``fp16`` (``fp32`` always has one).
+        device: where the network runs.
+
+    Returns:
+        E.g. ``"this CPU lacks avx512_bf16 and amx_bf16"``, or None.
+    """
+    device = torch.device(device)
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            return f"{torch.cuda.get_device_name(device)} has no bfloat16 arithmetic (compute capability < 8.0)"
+        return None
+    if device.type == "cpu":
+        return hardware.missing_instructions(precision)
+    return None  # other accelerators: their own business
+
+
+def _float32_islands(model: UNet, dtype: torch.dtype) -> str:
+    """Wrap each pooling that has no kernel for ``dtype`` on the model's device in :class:`InFloat32`, with one
+    log line saying why; what was wrapped, in words ('' when nothing)."""
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    missing: dict[str, int] = {}
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            dims = _POOLS.get(type(child))
+            if dims is None:
+                continue
+            kernel = child.kernel_size if isinstance(child.kernel_size, tuple) else (child.kernel_size,) * dims
+            try:
+                with torch.no_grad():
+                    child(torch.zeros(1, 1, *kernel, dtype=dtype, device=device))
+            except (NotImplementedError, RuntimeError):  # "avg_pool3d_out_frame" not implemented for 'BFloat16'
+                setattr(module, name, InFloat32(child))
+                kind = type(child).__name__
+                missing[kind] = missing.get(kind, 0) + 1
+    if not missing:
+        return ""
+    what = ", ".join(f"{count} {kind}" for kind, count in missing.items())
+    log.info(
+        "optimize: %s: PyTorch %s has no %s kernel for %s on %s; they run in float32 (a pass over memory: it costs "
+        "little)", what, torch.__version__, PRECISIONS[dtype], "them" if sum(missing.values()) > 1 else "it",
+        device.type.upper(),
+    )
+    return what
+
+
+def _set_entry(model: UNet, module: nn.Module) -> None:
+    """Run ``module`` on the input before the first layer (after the mirroring of ``output: same``)."""
+    first = model.encoder[0] if len(model.encoder) else model.bottleneck
+    if isinstance(first, EncoderLevel):
+        first.pool = module  # level 0 has no pool: an Identity, replaced
+    else:  # a residual level: its stem (an Identity below the top) runs first
+        first.stem = nn.Sequential(module, first.stem)
 
 
 def _s(count: int) -> str:
