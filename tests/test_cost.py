@@ -39,6 +39,22 @@ VARIANTS = [
     (unetgen.UNetSpec(spatial_dims=3, width=2, depth=3, downsampling="conv", padding="same",
                       encoder_blocks=[2, 1, 2], pool_sizes=[[1, 2, 2], 2], kernel_sizes=[[1, 3, 3], 3, 3],
                       norm="batch"), (8, 16, 16)),
+    # attention gates and nested skips (issue 14): MONAI's gate with its padded up-convolution, norm and activation
+    # and its decoder's instance norm without scale and PReLU; Oktay's grid gate on some levels; UNet++ valid with
+    # heads, 3D with interpolation, with up_norm_act and per-convolution dropout, residual with other kernels
+    (unetgen.UNetSpec(width=4, depth=3, padding="same", norm="batch", conv_bias=True, downsampling="conv",
+                      decoder_convs=1, decoder_norm="instance", decoder_norm_affine=False, decoder_activation="prelu",
+                      up_kernel_size=3, up_norm_act=True, skip_gate="attention"), (32, 48)),
+    (unetgen.UNetSpec(width=4, depth=4, skip_gate="grid_attention", norm="batch", gate_levels=[1, 2]), None),
+    (unetgen.UNetSpec(width=4, depth=3, skip_gate="attention", upsampling="interpolate", interpolation="linear",
+                      gate_reduction=1, output="same", activation="prelu"), (37, 30)),
+    (unetgen.UNetSpec(width=4, depth=4, skips="nested", deep_supervision=2), None),
+    (unetgen.UNetSpec(spatial_dims=3, width=2, depth=3, skips="nested", padding="same", norm="instance",
+                      upsampling="interpolate", interpolation="linear"), (16, 16, 16)),
+    (unetgen.UNetSpec(width=4, depth=3, skips="nested", upsampling="upsample_conv", up_norm_act=True, norm="batch",
+                      dropout=0.2, dropout_at="every_conv", activation="gelu"), None),
+    (unetgen.UNetSpec(width=4, depth=3, skips="nested", block="residual", kernel_sizes=[5, 3, 3],
+                      pool_sizes=[3, 2]), None),
 ]
 
 
@@ -88,6 +104,13 @@ def test_flops_equal_torch_flop_counter(spec, size):
     unetgen.UNetSpec(depth=3, width=2, downsampling="conv", pool_sizes=[3, 3], kernel_sizes=[3, 5, 3]),
     unetgen.UNetSpec(depth=3, width=2, downsampling="avgpool", upsampling="upsample_conv"),
     unetgen.UNetSpec(depth=3, width=2, downsampling="conv", padding="same", encoder_blocks=[1, 2, 1]),
+    unetgen.UNetSpec(depth=3, width=2, skip_gate="attention", norm="batch"),
+    unetgen.UNetSpec(depth=3, width=2, skip_gate="grid_attention", pool_sizes=[3, 2]),
+    unetgen.UNetSpec(depth=3, width=2, padding="same", output="same", up_kernel_size=3, up_norm_act=True),
+    unetgen.UNetSpec(depth=3, width=2, padding="same", output="same", up_kernel_size=5, pool_sizes=[3, 2]),
+    unetgen.UNetSpec(depth=3, width=2, skips="nested"),
+    unetgen.UNetSpec(depth=3, width=2, skips="nested", upsampling="interpolate", interpolation="linear",
+                     padding="same", output="same"),
 ])
 def test_receptive_field_equals_autograd(spec):
     # Positive weights and inputs keep every ReLU open, so the gradient of an output pixel is non-zero exactly on
