@@ -106,7 +106,7 @@ def test_doc_examples_agree_with_the_schema(where, data):
         ({"dept": 5}, "Additional properties are not allowed ('dept' was unexpected)"),
         ({"norm": "batchnorm"}, "'batchnorm' is not one of ['none', 'batch', 'instance', 'group', 'layer']"),
         ({"spatial_dims": 4}, "4 is not one of [1, 2, 3]"),
-        ({"upsampling": "bilinear"}, "'bilinear' is not one of ['upsample_conv', 'transpose']"),
+        ({"upsampling": "bilinear"}, "'bilinear' is not one of ['upsample_conv', 'transpose', 'interpolate']"),
         ({"depth": "5"}, "'5' is not of type 'integer'"),
         ({"width": 0}, "0 is not valid under any of the given schemas"),
         ({"dropout": 1.0}, "1.0 is greater than or equal to the maximum of 1.0"),
