@@ -276,9 +276,10 @@ class UNetSpec(BaseModel):
     @field_validator("padding_mode")
     @classmethod
     def _padding_mode_is_used(cls, value: str, info: ValidationInfo) -> str:
-        if value != "zeros" and info.data.get("padding") == "valid" and info.data.get("upsampling") == "transpose":
+        upsampling = info.data.get("upsampling")
+        if value != "zeros" and info.data.get("padding") == "valid" and upsampling in ("transpose", "interpolate"):
             raise ValueError(
-                f"'{value}' has no effect: with padding 'valid' and upsampling 'transpose' no convolution pads; "
+                f"'{value}' has no effect: with padding 'valid' and upsampling '{upsampling}' no convolution pads; "
                 "remove it"
             )
         return value
