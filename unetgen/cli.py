@@ -231,6 +231,50 @@ def _cmd_import_nnunet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import TrainConfig
+    from .training.loop import train
+    from .training.records import epoch_line
+
+    options = {name: getattr(args, name) for name in _TRAIN_OPTIONS if getattr(args, name) is not None}
+    if args.patch_size is not None:
+        options["patch_size"] = tuple(args.patch_size)
+    config = TrainConfig(spec=args.spec, images=args.images, masks=args.masks, out=args.out, resume=args.resume,
+                         **options)
+
+    def announce(setup: typing.Any) -> None:
+        for line in setup.describe():
+            print(line, flush=True)
+
+    def report(row: dict[str, typing.Any]) -> None:
+        print(epoch_line(row, epochs), flush=True)
+
+    epochs = config.resolved().epochs
+    result = train(config, progress=True, report=report, announce=announce)
+    if not result.main:
+        return 130 if result.interrupted else 0
+    if result.interrupted:
+        print(f"interrupted at epoch {result.epochs + 1}, step {result.step}: saved {result.last}; continue with "
+              "the same command and --resume", file=sys.stderr)
+        return 130
+    files = [result.last] + ([result.best] if result.best is not None else [])
+    best = ""
+    if result.best_epoch is not None:
+        what = "validation Dice" if "dice_mean" in result.rows[-1] else "training loss"
+        score = result.best_score if what == "validation Dice" else -(result.best_score or 0.0)
+        best = f" (best: epoch {result.best_epoch}, {what} {score:.4f})"
+    folder = result.out
+    print(f"wrote {', '.join(str(f) for f in files)}{best}; log {folder / 'log.csv'}, {folder / 'log.json'}; "
+          f"curves {folder / 'curves.svg'}")
+    return 0
+
+
+#: ``unetgen train``'s options that map one to one onto :class:`~unetgen.training.config.TrainConfig` fields.
+_TRAIN_OPTIONS = ("instances", "val_images", "val_masks", "val_fraction", "epochs", "batch_size", "lr", "seed",
+                  "device", "precision", "recipe", "optimizer", "loss", "augment", "normalization", "w0", "sigma",
+                  "patches_per_image")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="unetgen",
@@ -412,6 +456,49 @@ def _parser() -> argparse.ArgumentParser:
     nnunet.add_argument("--out", required=True, metavar="PATH",
                         help="a .yaml file (the checkpoint beside it, .pt), or a folder: CONFIGURATION.yaml and .pt")
     nnunet.set_defaults(func=_cmd_import_nnunet)
+    train_cmd = commands.add_parser(
+        "train",
+        help="train a network on folders of images and masks (the paper's recipe)",
+        description="Train a network on folders of images and masks, paired by name, with the paper's recipe "
+        "(Ronneberger et al. 2015, sec. 3: weight map, elastic deformations, SGD momentum 0.99) or a modern one. "
+        "Everything is checked before training. Writes RUN_DIR/last.pt and best.pt (checkpoints that predict and "
+        "export read), log.csv, log.json and curves.svg. Ctrl-C saves; --resume continues exactly. Runs under "
+        "torchrun too. See docs/training.md.",
+    )
+    train_cmd.add_argument("spec", metavar="SPEC", help=f"a YAML spec file or a preset name ({presets})")
+    train_cmd.add_argument("--images", required=True, metavar="DIR", help="the training images (.npy, PNG, TIFF, ...)")
+    train_cmd.add_argument("--masks", required=True, metavar="DIR",
+                           help="their label masks, one file per image of the same name (pixel value = class)")
+    train_cmd.add_argument("--instances", metavar="DIR",
+                           help="instance labels for the weight map (default: connected components of the masks)")
+    held_out = train_cmd.add_mutually_exclusive_group()
+    held_out.add_argument("--val-images", metavar="DIR", help="validation images (with --val-masks)")
+    held_out.add_argument("--val-fraction", type=float, metavar="F",
+                          help="hold out this share of the training pairs for validation instead (e.g. 0.2)")
+    train_cmd.add_argument("--val-masks", metavar="DIR", help="the validation images' masks")
+    train_cmd.add_argument("--out", required=True, metavar="RUN_DIR", help="the run's folder (made if missing)")
+    train_cmd.add_argument("--epochs", type=int, metavar="N", help="passes over the training images (default 50)")
+    train_cmd.add_argument("--batch-size", type=int, metavar="N",
+                           help="patches per step, per process (default: the recipe's, paper 1, modern 2)")
+    train_cmd.add_argument("--patch-size", nargs="+", type=_input_size, metavar="N",
+                           help="the input patch, on the network's lattice (default: the largest that fits)")
+    train_cmd.add_argument("--lr", type=float, metavar="LR", help="learning rate (default: sgd 0.01, adam 3e-4)")
+    train_cmd.add_argument("--seed", type=int, metavar="N",
+                           help="seed of the weights, data order, augmentation, dropout (default 0)")
+    train_cmd.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last.pt")
+    train_cmd.add_argument("--device", metavar="{cpu,cuda}", help="where to train (default cpu)")
+    train_cmd.add_argument("--precision", metavar="{fp32,bf16,fp16}", help="autocast precision (default fp32)")
+    train_cmd.add_argument("--recipe", metavar="{paper,modern}",
+                           help="paper: SGD 0.99 + weighted CE; modern: Adam + CE + Dice (default paper)")
+    train_cmd.add_argument("--optimizer", metavar="{sgd,adam,sgd-poly}", help="override the recipe's optimizer")
+    train_cmd.add_argument("--loss", metavar="{ce,weighted-ce,ce-dice}", help="override the recipe's loss")
+    train_cmd.add_argument("--augment", metavar="{paper,none}", help="augmentation (default paper)")
+    train_cmd.add_argument("--normalization", metavar="{zscore,percentile,none}",
+                           help="intensity normalisation, saved with the network (default zscore)")
+    train_cmd.add_argument("--w0", type=float, metavar="W", help="the weight map's border weight (default 10)")
+    train_cmd.add_argument("--sigma", type=float, metavar="PX", help="the weight map's border width (default 5)")
+    train_cmd.add_argument("--patches-per-image", type=int, metavar="N", help="patches per image per epoch (default 1)")
+    train_cmd.set_defaults(func=_cmd_train)
     schema = commands.add_parser(
         "schema",
         help="print the spec's JSON Schema, for editors' completion and checks of spec files",

@@ -42,6 +42,7 @@ _COLOURS = {
     "mirror": "#8e44ad",
     "crop": "#e67e22",
 }
+_GATE = "#c0392b"  # the attention gates' circles (no arrow of their own)
 _FILLS = {"map": "#b9d3ee", "copy": "#ffffff", "input": "#d9d9d9", "output": "#a8e0dc"}
 _ACTIVATIONS = {
     "relu": "ReLU", "leaky_relu": "leaky ReLU", "elu": "ELU", "gelu": "GELU", "silu": "SiLU", "prelu": "PReLU"
@@ -125,6 +126,8 @@ def draw(spec_or_plan: UNetSpec | Plan | str | Path, input_size: tuple[int, ...]
         plan = spec_or_plan if input_size is None else make_plan(spec_or_plan.spec, input_size)
     else:
         plan = make_plan(load_spec(spec_or_plan), input_size)
+    if any(layer.name.startswith("nested.") for layer in plan.layers):
+        return SVG(_NestedFigure(plan).svg())
     return SVG(_Figure(plan).svg())
 
 
@@ -244,13 +247,18 @@ class _Figure:
         encoder = [plan.block(level_name(level, depth)).shape for level in range(depth)]
         for level, out in enumerate(encoder):
             bars = levels[level].encoder
+            convs = self._convs(level_name(level, depth))
             if level == 0:
                 start = plan.core_input_size
+            elif self._pool(level) is None:  # the first convolution strides: no pooled map of its own
+                for conv in convs:
+                    bars.append(_Bar(conv.shape[0], conv.shape[1:], "map", str(conv.shape[0]), arrow=("conv", None)))
+                continue
             else:  # the max-pooled map, without a channel label, as in the paper
                 above = encoder[level - 1]
                 start = plan.layer(f"{level_name(level, depth)}.pool").shape[1:]
                 bars.append(_Bar(above[0], start, "map", None))
-            widths = [conv.shape[0] for conv in self._convs(level_name(level, depth))]
+            widths = [conv.shape[0] for conv in convs]
             for width, size in zip(widths, _steps(start, out[1:], len(widths))):
                 bars.append(_Bar(width, size, "map", str(width), arrow=("conv", None)))
         for skip in plan.skips:
@@ -282,13 +290,47 @@ class _Figure:
         return levels
 
     def _convs(self, block: str) -> list[Layer]:
-        """The block's convolutions in a row (not a residual block's projection)."""
+        """The block's convolutions in a row (not a residual block's projection or shortcut)."""
         return [layer for layer in self.plan.block(block).layers
-                if layer.kind == "conv" and not layer.name.endswith("projection")]
+                if layer.kind == "conv" and not layer.name.endswith("projection") and ".skip." not in layer.name]
 
     def _first(self, kind: str) -> Layer | None:
-        """The first layer of a kind, or None."""
-        return next((layer for layer in self.layers if layer.kind == kind), None)
+        """The first layer of a kind outside the attention gates, or None."""
+        return next((layer for layer in self.layers if layer.kind == kind and ".gate." not in layer.name), None)
+
+    def _pool(self, level: int) -> Layer | None:
+        """The pooling into ``level``, or None where the level's first convolution strides."""
+        name = f"{level_name(level, self.plan.depth)}.pool"
+        return next((layer for layer in self.layers if layer.name == name), None)
+
+    def _down_words(self) -> str:
+        """How the encoder goes down a level, e.g. ``max pool 2×2`` or ``strided conv 2×2``."""
+        depth = self.plan.depth
+        strides = []
+        for level in range(1, depth):
+            pool = self._pool(level)
+            strides.append(pool.stride if pool else self._convs(level_name(level, depth))[0].stride)
+        pool = self._pool(1) if depth > 1 else None
+        what = "strided conv" if pool is None else "max pool" if pool.kind == "max_pool" else "average pool"
+        return f"{what} {_per_level(strides)}"
+
+    def _up_kind(self) -> str:
+        """``transpose``, ``upsample_conv`` or ``interpolate``, from the up-sampling layers."""
+        upsample = self._first("upsample")
+        if upsample is None:
+            return "transpose"
+        return "interpolate" if upsample.name.endswith(".up") else "upsample_conv"
+
+    def _gate_words(self) -> str | None:
+        """The legend of the attention gates, or None without them."""
+        gates = [layer for layer in self.layers if layer.name.endswith(".gate.mul")]
+        if not gates:
+            return None
+        grid = any(layer.name.endswith(".gate.resample") for layer in self.layers)
+        levels = ", ".join(name.split(".")[1] for name in sorted(g.name for g in gates))
+        if grid:
+            return f"grid attention gate (Oktay): skip × σ(map below, skip by strided conv), levels {levels}"
+        return f"attention gate (MONAI): skip × σ(skip, up-sampled map), levels {levels}"
 
     def _bars(self) -> list[_Bar]:
         return [bar for level in self.levels for bar in (*level.encoder, *level.decoder)]
@@ -385,7 +427,7 @@ class _Figure:
         plan, dims, depth = self.plan, self.dims, self.plan.depth
         names = [level_name(level, depth) for level in range(depth)]
         kernel = _per_level([self._convs(name)[0].kernel for name in names])
-        pool = _per_level([plan.layer(f"{name}.pool").stride for name in names[1:]])
+        pool = _per_level([(self._pool(level) or self._convs(names[level])[0]).stride for level in range(1, depth)])
         conv = self._convs(names[0])[0]
         pad = f"same ({conv.mode})" if conv.pads_anything else "valid"
         norm_layer, act_layer = self._first("norm"), self._first("act")
@@ -395,18 +437,26 @@ class _Figure:
             activation += f" {act_layer.value:g}"
         residual = " (residual block)" if self._first("add") else ""
         upsample = self._first("upsample")
-        if upsample is None:
+        transposed = self._first("conv_transpose")
+        if upsample is None and transposed is not None and transposed.kernel != transposed.stride:
+            up = f"up-conv {_fmt(transposed.kernel)} stride {pool}, transposed (padded)"
+        elif upsample is None:
             up = f"up-conv {pool}, transposed"
+        elif self._up_kind() == "interpolate":
+            up = f"up-sample ({upsample.mode}) {pool}"
         else:
             up = f"up-sample ({upsample.mode}), conv {pool}"
         cropped = any(any(level.crop) for level in self.levels)
         words = {
             "conv": f"conv {kernel} {pad}{norm}, {activation}{residual}",
             "copy": "copy and crop (centre)" if cropped else "copy",
-            "pool": f"max pool {pool}",
+            "pool": self._down_words(),
             "up": up,
             "head": f"conv {_fmt((1,) * dims)}",
         }
+        gate = self._gate_words()
+        if gate is not None:
+            words["gate"] = gate
         if depth == 1:
             for unused in ("copy", "pool", "up"):
                 del words[unused]
@@ -434,13 +484,20 @@ class _Figure:
         norm_layer = self._first("norm")
         options = [f"depth {plan.depth}", f"padding {'same' if padded else 'valid'}"]
         if plan.depth > 1:
-            options.append(f"up-sampling {'upsample_conv' if self._first('upsample') else 'transpose'}")
+            options.append(f"up-sampling {self._up_kind()}")
         options += [f"norm {norm_layer.mode if norm_layer else 'none'}", f"output {'same' if plan.same_output else 'crop'}"]
         if self._first("add"):
             options.append("residual blocks")
+        if any(layer.name.endswith(".gate.mul") for layer in self.layers):
+            design = "grid attention" if any(layer.name.endswith(".gate.resample") for layer in self.layers) else "attention"
+            options.append(f"{design} gates")
+        if any(layer.name.startswith("nested.") for layer in self.layers):
+            options.append("nested skips (UNet++)")
         dropouts = [layer for layer in self.layers if layer.kind == "dropout"]
         if dropouts:
             where = "bottleneck" if len(dropouts) == 1 and dropouts[0].name.startswith("bottleneck") else "every level"
+            if any(layer.name[-1].isdigit() for layer in dropouts):  # convs.dropout0, ...: dropout_at every_conv
+                where = "every convolution"
             options.append(f"dropout {dropouts[0].value:g} ({where})")
         if plan.final_activation != "none":
             options.append(f"final {plan.final_activation}")
@@ -498,10 +555,21 @@ class _Figure:
             source = below.decoder[-1] if index < len(levels) - 1 else below.encoder[-1]
             target = above.decoder[1]
             canvas.arrow(source.centre, source.top - 3, target.centre, target.bottom + 4, "up")
-        for level in levels[:-1]:  # copy and crop across
+        gated = {int(layer.name.split(".")[1]) for layer in self.layers if layer.name.endswith(".gate.mul")}
+        for index, level in enumerate(levels[:-1]):  # copy and crop across
             source, target = level.encoder[-1], level.decoder[0]
             label = self._copy_label(level)
             canvas.arrow(source.right + 4, level.cy, self._arrow_end(target), level.cy, "copy", label)
+            if index in gated:  # the attention gate sits on the copy, a third of the way across
+                x = source.right + 4 + (self._arrow_end(target) - source.right - 4) / 3
+                canvas.shapes.append(
+                    f'<circle class="gate" cx="{_num(x)}" cy="{_num(level.cy)}" r="6" fill="#ffffff" '
+                    f'stroke="{_GATE}" stroke-width="2"/>'
+                )
+                canvas.texts.append(
+                    f'<text x="{_num(x)}" y="{_num(level.cy + 4)}" font-size="{_NOTE_FONT}" text-anchor="middle" '
+                    f'fill="{_GATE}">×</text>'
+                )
             if label:  # the region the crop keeps, dashed on the encoder's map, as in the paper
                 kept = source.h * _extent(target.size) / _extent(source.size)
                 canvas.crops.append(
@@ -562,7 +630,12 @@ class _Figure:
         )
         y = y0 + 5 + row / 2
         for kind, words in entries:
-            if kind == "kept":
+            if kind == "gate":
+                legend.append(
+                    f'<circle cx="{_num(x0 + 12 + sample / 2)}" cy="{_num(y)}" r="6" fill="#ffffff" '
+                    f'stroke="{_GATE}" stroke-width="2"/>'
+                )
+            elif kind == "kept":
                 legend.append(
                     f'<rect x="{_num(x0 + 12 + sample / 2 - 5)}" y="{_num(y - 7)}" width="10" height="14" '
                     f'fill="none" stroke="{_CROP}" stroke-width="1" stroke-dasharray="3 2"/>'
@@ -575,6 +648,167 @@ class _Figure:
             )
             y += row
         return max(right, x0 + width), max(bottom, y0 + height)
+
+
+class _NestedFigure(_Figure):
+    """UNet++ drawn as Zhou et al. 2018, Fig. 1a: node X(i, j) at row i and column i + 2j, the encoder going down
+    to the right, each node's up-sampled input coming up from the left, dense skips along each row, and the heads
+    on the top row. One box per node: its name, channels and size."""
+
+    _DX = 62  # half the distance between two nodes of a row
+    _DY = 92  # between rows
+    _W, _H = 84, 50  # a node's box
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.spec = plan.spec
+        self.dims = len(plan.input_size)
+        self.layers = plan.layers
+        self.levels = []
+        depth = plan.depth
+        self.nodes: dict[tuple[int, int], tuple[int, ...]] = {}
+        for level in range(depth):
+            self.nodes[(level, 0)] = plan.block(level_name(level, depth)).shape
+        for block in plan.blocks:
+            parts = block.name.split(".")
+            if parts[0] == "nested" and len(parts) == 3:
+                self.nodes[(int(parts[1]), int(parts[2]))] = block.shape
+        self.heads = sorted(int(layer.name.split(".")[2]) for layer in self.layers
+                            if layer.auxiliary and layer.kind == "conv")
+        self.cropped = any(any(a or b for a, b in layer.crop) for layer in self.layers
+                           if layer.kind == "crop" and ".crops." in layer.name)
+        titles = len(self._titles())
+        self.top = _MARGIN + 22 + 18 * (titles - 1) + 22 + 30
+        self.left = _MARGIN + 2 * self._DX + self._W / 2
+
+    def _centre(self, i: int, j: int) -> tuple[float, float]:
+        return self.left + (i + 2 * j) * self._DX + self._W / 2, self.top + i * self._DY + self._H / 2
+
+    def _node_words(self, i: int, j: int) -> tuple[str, str, str]:
+        shape = self.nodes[(i, j)]
+        return f"X({i}, {j})", f"{shape[0]} ch", _fmt(shape[1:])
+
+    def _head_nodes(self) -> str:
+        """``X(0, 1)`` or ``X(0, 1…3)``: the nodes with an auxiliary head."""
+        return f"X(0, {self.heads[0]})" if len(self.heads) == 1 else f"X(0, {self.heads[0]}…{self.heads[-1]})"
+
+    def _words(self) -> dict[str, str]:
+        plan, dims, depth = self.plan, self.dims, self.plan.depth
+        convs = self._convs(level_name(0, depth))
+        conv = convs[0]
+        kernel = _per_level([self._convs(level_name(level, depth))[0].kernel for level in range(depth)])
+        pad = f"same ({conv.mode})" if conv.pads_anything else "valid"
+        norm_layer, act_layer = self._first("norm"), self._first("act")
+        norm = f", {norm_layer.mode} norm" if norm_layer else ""
+        activation = _ACTIVATIONS.get(act_layer.mode, act_layer.mode) if act_layer else ""
+        if act_layer and act_layer.mode == "leaky_relu":
+            activation += f" {act_layer.value:g}"
+        pool = _per_level([(self._pool(level) or self._convs(level_name(level, depth))[0]).stride
+                           for level in range(1, depth)])
+        kind = self._up_kind()
+        upsample = self._first("upsample")
+        up = {"transpose": f"up-conv {pool}, transposed",
+              "interpolate": f"up-sample ({upsample.mode if upsample else ''}) {pool}",
+              "upsample_conv": f"up-sample ({upsample.mode if upsample else ''}), conv {pool}"}[kind]
+        words = {
+            "conv": f"node: {len(convs)}× conv {kernel} {pad}{norm}, {activation}",
+            "copy": "dense skips: every earlier node of the row" + (", cut centrally" if self.cropped else ""),
+            "pool": self._down_words(),
+            "up": up,
+            "head": f"conv {_fmt((1,) * dims)}" + (f"; deep supervision on {self._head_nodes()}" if self.heads else ""),
+        }
+        if depth == 1:
+            for unused in ("copy", "pool", "up"):
+                del words[unused]
+        if any(a or b for a, b in plan.mirror):
+            words["mirror"] = "mirror padding (reflect)"
+        if any(a or b for a, b in plan.output_crop):
+            words["crop"] = "crop to the input's size"
+        return words
+
+    def svg(self) -> str:
+        """The figure as an SVG document."""
+        canvas = _Canvas()
+        plan, depth = self.plan, self.plan.depth
+        w, h = self._W, self._H
+        for (i, j) in self.nodes:  # arrows first, under the boxes
+            x, y = self._centre(i, j)
+            if j == 0 and i + 1 < depth:
+                bx, by = self._centre(i + 1, 0)
+                canvas.arrow(x + w / 4, y + h / 2 + 2, bx - w / 4, by - h / 2 - 4, "pool")
+            if j > 0:
+                ux, uy = self._centre(i + 1, j - 1)
+                canvas.arrow(ux + w / 4, uy - h / 2 - 2, x - w / 4, y + h / 2 + 4, "up")
+                px, _ = self._centre(i, j - 1)
+                canvas.arrow(px + w / 2 + 3, y, x - w / 2 - 4, y, "copy")
+        input_x = self.left - 2 * self._DX
+        x0, y0 = self._centre(0, 0)
+        canvas.arrow(input_x + w / 4 + 3, y0, x0 - w / 2 - 4, y0, "conv")
+        self._box(canvas, input_x - w / 4, y0 - h / 2, w / 2, h, "input", (f"{plan.input_shape[0]} ch",
+                                                                            _fmt(plan.core_input_size)))
+        for (i, j) in sorted(self.nodes):
+            x, y = self._centre(i, j)
+            self._box(canvas, x - w / 2, y - h / 2, w, h, "map" if j else "copy", self._node_words(i, j))
+        for j in self.heads:  # auxiliary heads: an arrow up from the node
+            x, y = self._centre(0, j)
+            canvas.arrow(x, y - h / 2 - 2, x, y - h / 2 - 22, "head")
+            canvas.note(x, y - h / 2 - 26, "head", colour=_COLOURS["head"])
+        last = (0, depth - 1)
+        x, y = self._centre(*last)
+        out_x = x + w / 2 + 2 * self._DX - w / 4
+        canvas.arrow(x + w / 2 + 3, y, out_x - 4, y, "head")
+        caption = "output" if plan.final_activation == "none" else f"output ({plan.final_activation})"
+        self._box(canvas, out_x, y - h / 2, w / 2 + 10, h, "output", (f"{plan.output_shape[0]} ch",
+                                                                      _fmt(plan.output_size)))
+        canvas.note(out_x + w / 4 + 5, y + h / 2 + 14, caption, colour=_GREY)
+        width = max(box[2] for box in canvas.boxes) + _MARGIN
+        y_text = _MARGIN + 16
+        for words, font, weight in self._titles():
+            canvas.note(_MARGIN, y_text, words, anchor="start", font=font, weight=weight)
+            width = max(width, _MARGIN + _text_width(words, font) + _MARGIN)
+            y_text += 18 if font <= 12 else 22
+        right, bottom = self._draw_legend(canvas, width - _MARGIN)
+        width, height = math.ceil(max(width, right + _MARGIN)), math.ceil(bottom + _MARGIN)
+        markers = "".join(
+            f'<marker id="arrow-{kind}" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="5" markerHeight="5" '
+            f'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>'
+            for kind, colour in _COLOURS.items()
+        )
+        label = (f"UNet++ diagram of {self.spec.name}: input {_fmt(plan.input_shape)}, "
+                 f"output {_fmt(plan.output_shape)}")
+        return "\n".join(
+            [
+                f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                f'viewBox="0 0 {width} {height}" font-family="{_FONT}" role="img" aria-label="{_text(label)}">',
+                f"<title>{_text(label)}</title>",
+                f"<defs>{markers}</defs>",
+                f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+                *canvas.arrows,
+                *canvas.shapes,
+                *canvas.texts,
+                *canvas.legend,
+                "</svg>",
+                "",
+            ]
+        )
+
+    def _box(self, canvas: _Canvas, x: float, y: float, w: float, h: float, kind: str, lines: tuple[str, ...]) -> None:
+        """A node's box with its lines of text, centred."""
+        canvas.shapes.append(
+            f'<rect class="bar {kind}" x="{_num(x)}" y="{_num(y)}" width="{_num(w)}" height="{_num(h)}" rx="6" '
+            f'fill="{_FILLS[kind]}" stroke="{_STROKE}" stroke-width="1"/>'
+        )
+        canvas.boxes.append((x, y, x + w, y + h))
+        step = 14
+        first = y + h / 2 - step * (len(lines) - 1) / 2 + 4
+        for index, words in enumerate(lines):
+            font = _CHANNEL_FONT if index == 0 and len(lines) == 3 else _SIZE_FONT
+            weight = "bold" if index == 0 and len(lines) == 3 else "normal"
+            bold = ' font-weight="bold"' if weight == "bold" else ""
+            canvas.texts.append(
+                f'<text x="{_num(x + w / 2)}" y="{_num(first + index * step)}" font-size="{font}"{bold} '
+                f'text-anchor="middle" fill="{_TEXT}">{_text(words)}</text>'
+            )
 
 
 def _line(x1: float, y1: float, x2: float, y2: float, kind: str, css: str = "") -> str:
