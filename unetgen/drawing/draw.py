@@ -43,6 +43,7 @@ _COLOURS = {
     "crop": "#e67e22",
 }
 _GATE = "#c0392b"  # the attention gates' circles (no arrow of their own)
+_BAR = 14  # the width of UNet++'s input and output bars
 _FILLS = {"map": "#b9d3ee", "copy": "#ffffff", "input": "#d9d9d9", "output": "#a8e0dc"}
 _ACTIVATIONS = {
     "relu": "ReLU", "leaky_relu": "leaky ReLU", "elu": "ELU", "gelu": "GELU", "silu": "SiLU", "prelu": "PReLU"
@@ -566,10 +567,7 @@ class _Figure:
                     f'<circle class="gate" cx="{_num(x)}" cy="{_num(level.cy)}" r="6" fill="#ffffff" '
                     f'stroke="{_GATE}" stroke-width="2"/>'
                 )
-                canvas.texts.append(
-                    f'<text x="{_num(x)}" y="{_num(level.cy + 4)}" font-size="{_NOTE_FONT}" text-anchor="middle" '
-                    f'fill="{_GATE}">×</text>'
-                )
+                canvas.shapes.append(_cross(x, level.cy))
             if label:  # the region the crop keeps, dashed on the encoder's map, as in the paper
                 kept = source.h * _extent(target.size) / _extent(source.size)
                 canvas.crops.append(
@@ -633,7 +631,7 @@ class _Figure:
             if kind == "gate":
                 legend.append(
                     f'<circle cx="{_num(x0 + 12 + sample / 2)}" cy="{_num(y)}" r="6" fill="#ffffff" '
-                    f'stroke="{_GATE}" stroke-width="2"/>'
+                    f'stroke="{_GATE}" stroke-width="2"/>' + _cross(x0 + 12 + sample / 2, y)
                 )
             elif kind == "kept":
                 legend.append(
@@ -686,7 +684,7 @@ class _NestedFigure(_Figure):
 
     def _node_words(self, i: int, j: int) -> tuple[str, str, str]:
         shape = self.nodes[(i, j)]
-        return f"X({i}, {j})", f"{shape[0]} ch", _fmt(shape[1:])
+        return f"X({i}, {j})", str(shape[0]), _fmt(shape[1:])
 
     def _head_nodes(self) -> str:
         """``X(0, 1)`` or ``X(0, 1…3)``: the nodes with an auxiliary head."""
@@ -741,26 +739,22 @@ class _NestedFigure(_Figure):
                 canvas.arrow(ux + w / 4, uy - h / 2 - 2, x - w / 4, y + h / 2 + 4, "up")
                 px, _ = self._centre(i, j - 1)
                 canvas.arrow(px + w / 2 + 3, y, x - w / 2 - 4, y, "copy")
-        input_x = self.left - 2 * self._DX
         x0, y0 = self._centre(0, 0)
-        canvas.arrow(input_x + w / 4 + 3, y0, x0 - w / 2 - 4, y0, "conv")
-        self._box(canvas, input_x - w / 4, y0 - h / 2, w / 2, h, "input", (f"{plan.input_shape[0]} ch",
-                                                                            _fmt(plan.core_input_size)))
+        input_x = x0 - w / 2 - 2 * self._DX + w / 4
+        canvas.arrow(input_x + _BAR + 4, y0, x0 - w / 2 - 4, y0, "conv")
+        self._bar(canvas, input_x, y0, "input", plan.input_shape[0], plan.core_input_size, "input")
         for (i, j) in sorted(self.nodes):
             x, y = self._centre(i, j)
             self._box(canvas, x - w / 2, y - h / 2, w, h, "map" if j else "copy", self._node_words(i, j))
         for j in self.heads:  # auxiliary heads: an arrow up from the node
             x, y = self._centre(0, j)
             canvas.arrow(x, y - h / 2 - 2, x, y - h / 2 - 22, "head")
-            canvas.note(x, y - h / 2 - 26, "head", colour=_COLOURS["head"])
-        last = (0, depth - 1)
-        x, y = self._centre(*last)
+            canvas.note(x, y - h / 2 - 32, "head", colour=_COLOURS["head"])
+        x, y = self._centre(0, depth - 1)
         out_x = x + w / 2 + 2 * self._DX - w / 4
         canvas.arrow(x + w / 2 + 3, y, out_x - 4, y, "head")
         caption = "output" if plan.final_activation == "none" else f"output ({plan.final_activation})"
-        self._box(canvas, out_x, y - h / 2, w / 2 + 10, h, "output", (f"{plan.output_shape[0]} ch",
-                                                                      _fmt(plan.output_size)))
-        canvas.note(out_x + w / 4 + 5, y + h / 2 + 14, caption, colour=_GREY)
+        self._bar(canvas, out_x, y, "output", plan.output_shape[0], plan.output_size, caption)
         width = max(box[2] for box in canvas.boxes) + _MARGIN
         y_text = _MARGIN + 16
         for words, font, weight in self._titles():
@@ -792,10 +786,24 @@ class _NestedFigure(_Figure):
             ]
         )
 
-    def _box(self, canvas: _Canvas, x: float, y: float, w: float, h: float, kind: str, lines: tuple[str, ...]) -> None:
-        """A node's box with its lines of text, centred."""
+    def _bar(self, canvas: _Canvas, x: float, cy: float, kind: str, channels: int, size: tuple[int, ...],
+             caption: str) -> None:
+        """The input or output: a slim bar, its channels above, its size and caption below."""
+        h = self._H
         canvas.shapes.append(
-            f'<rect class="bar {kind}" x="{_num(x)}" y="{_num(y)}" width="{_num(w)}" height="{_num(h)}" rx="6" '
+            f'<rect class="bar {kind}" x="{_num(x)}" y="{_num(cy - h / 2)}" width="{_BAR}" height="{_num(h)}" '
+            f'fill="{_FILLS[kind]}" stroke="{_STROKE}" stroke-width="1"/>'
+        )
+        canvas.boxes.append((x, cy - h / 2, x + _BAR, cy + h / 2))
+        centre = x + _BAR / 2
+        canvas.note(centre, cy - h / 2 - 6, str(channels), font=_CHANNEL_FONT)
+        canvas.note(centre, cy + h / 2 + 14, _fmt(size), font=_SIZE_FONT)
+        canvas.note(centre, cy + h / 2 + 28, caption, colour=_GREY)
+
+    def _box(self, canvas: _Canvas, x: float, y: float, w: float, h: float, kind: str, lines: tuple[str, ...]) -> None:
+        """A node's box with its lines of text inside, centred."""
+        canvas.shapes.append(
+            f'<rect class="node {kind}" x="{_num(x)}" y="{_num(y)}" width="{_num(w)}" height="{_num(h)}" rx="6" '
             f'fill="{_FILLS[kind]}" stroke="{_STROKE}" stroke-width="1"/>'
         )
         canvas.boxes.append((x, y, x + w, y + h))
@@ -809,6 +817,12 @@ class _NestedFigure(_Figure):
                 f'<text x="{_num(x + w / 2)}" y="{_num(first + index * step)}" font-size="{font}"{bold} '
                 f'text-anchor="middle" fill="{_TEXT}">{_text(words)}</text>'
             )
+
+
+def _cross(x: float, y: float) -> str:
+    """The × inside an attention gate's circle (lines, not text: it sits on an arrow)."""
+    return (f'<path d="M{_num(x - 3)},{_num(y - 3)} L{_num(x + 3)},{_num(y + 3)} M{_num(x - 3)},{_num(y + 3)} '
+            f'L{_num(x + 3)},{_num(y - 3)}" stroke="{_GATE}" stroke-width="1.5"/>')
 
 
 def _line(x1: float, y1: float, x2: float, y2: float, kind: str, css: str = "") -> str:
