@@ -40,7 +40,8 @@ CONFIGS = {
         strides=[[1, 1], [2, 2], [2, 2]], counts=[3, 3, 3], decoder=[1, 1], norm="batch", nonlin="relu", bias=False,
     ),
     "resenc2d": dict(
-        cls="ResidualEncoderUNet", dims=2, size=(16, 24), features=[4, 8, 16, 16], kernels=[[3, 1], [3, 3], [3, 3], [1, 3]],
+        cls="ResidualEncoderUNet", dims=2, size=(16, 24), features=[4, 8, 16, 16],
+        kernels=[[3, 1], [3, 3], [3, 3], [1, 3]],
         strides=[[1, 1], [2, 1], [2, 2], [1, 2]], counts=[1, 2, 3, 2], decoder=[1, 1, 1],
     ),
     "resenc3d": dict(
@@ -159,7 +160,7 @@ def test_unetgen_computes_what_dna_computes(name, deep_supervision):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_the_way_back_gives_dna_the_same_network(name):
-    """unetgen spec → nnU-Net architecture → DNA network with the unetgen weights (reverse key map): same outputs."""
+    """unetgen spec → nnU-Net architecture → DNA network with unetgen's weights (reverse key map): same outputs."""
     config = CONFIGS[name]
     stages = len(config["features"])
     spec = spec_from_architecture(

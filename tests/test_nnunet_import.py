@@ -114,7 +114,7 @@ def _old_format(config: dict) -> dict:
         n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"],
         pool_op_kernel_sizes=kwargs["strides"],
         conv_kernel_sizes=kwargs["kernel_sizes"],
-        num_pool_per_axis=[sum(1 for s in kwargs["strides"] if s[axis] > 1) for axis in range(len(kwargs["strides"][0]))],
+        num_pool_per_axis=[sum(s[axis] > 1 for s in kwargs["strides"]) for axis in range(len(kwargs["strides"][0]))],
     )
     return config
 
@@ -283,7 +283,8 @@ def test_files_and_arguments_that_are_wrong_are_refused_in_one_line(tmp_path, ca
         (["-c", "2d", "--checkpoint", checkpoint], "trained as configuration '3d_fullres', not '2d'"),
         (["-c", "3d_fullres", "--checkpoint", checkpoint], "trained with another architecture than"),
         (["-c", "3d_fullres", "--checkpoint", plans], "not a readable nnU-Net checkpoint"),
-        (["-c", "3d_fullres", "--dataset-json", str(tmp_path / "nope.json")], "no such file (the nnU-Net dataset.json)"),
+        (["-c", "3d_fullres", "--dataset-json", str(tmp_path / "nope.json")],
+         "no such file (the nnU-Net dataset.json)"),
     ]
     for extra, message in cases:
         status, printed, err = run(["import", "nnunet", plans, *extra, "--out", out], capsys)

@@ -154,7 +154,8 @@ def test_valid_networks_sample_the_target_under_each_head_pixels_centre():
     kept, targets = head_targets(outputs, labels, grids)
     for output, target, (grid,) in zip(kept, targets, grids):
         assert output.shape[2] == target.shape[2] == grid.count
-        assert target[0, 0].tolist() == [grid.offset + i * grid.step for i in range(grid.first, grid.first + grid.count)]
+        kept_pixels = range(grid.first, grid.first + grid.count)
+        assert target[0, 0].tolist() == [grid.offset + i * grid.step for i in kept_pixels]
     with pytest.raises(SizeError, match="grids=head_grids"):
         head_targets(outputs, labels)
 

@@ -606,7 +606,8 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), template) for pattern, template in (
         (rf"^{_LEVEL}\.convs\.(?P<op>conv|norm)(?P<i>\d+)$", "encoder.stages.{s}.0.convs.{i}.{op}"),
         (r"^encoder\.0\.stem\.(?P<op>conv|norm)$", "encoder.stem.convs.0.{op}"),
-        (rf"^{_LEVEL}\.blocks\.(?P<b>\d+)\.(?P<op>conv|norm)(?P<i>[12])$", "encoder.stages.{s}.blocks.{b}.conv{i}.{op}"),
+        (rf"^{_LEVEL}\.blocks\.(?P<b>\d+)\.(?P<op>conv|norm)(?P<i>[12])$",
+         "encoder.stages.{s}.blocks.{b}.conv{i}.{op}"),
         (rf"^{_LEVEL}\.blocks\.(?P<b>\d+)\.skip\.(?P<op>conv|norm)$", "encoder.stages.{s}.blocks.{b}.skip.{k}.{op}"),
         (r"^decoder\.(?P<l>\d+)\.up$", "decoder.transpconvs.{j}"),
         (r"^decoder\.(?P<l>\d+)\.convs\.(?P<op>conv|norm)(?P<i>\d+)$", "decoder.stages.{j}.convs.{i}.{op}"),
@@ -969,7 +970,7 @@ def write_import(imported: Imported, out: str | Path, *, source: str = "") -> li
     return [spec_path] + ([model_path] if imported.model is not None else [])
 
 
-# --- a unetgen spec → nnU-Net's architecture -------------------------------------------------------------------------
+# --- a unetgen spec → nnU-Net's architecture ------------------------------------------------------------------------
 
 
 def _refuse(spec_name: str, what: str) -> NotExpressible:

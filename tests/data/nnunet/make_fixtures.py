@@ -33,8 +33,8 @@ os.environ["nnUNet_compile"] = "f"
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner  # noqa: E402
-from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (  # noqa: E402
-    nnUNetPlannerResEncM,
+from nnunetv2.experiment_planning.experiment_planners.residual_unets import (  # noqa: E402
+    residual_encoder_unet_planners as resenc_planners,
 )
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: E402
 import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module  # noqa: E402
@@ -95,7 +95,7 @@ def plan(name: str, spec: dict) -> None:
     }
     (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
     (pre / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
-    for planner in (ExperimentPlanner, nnUNetPlannerResEncM):
+    for planner in (ExperimentPlanner, resenc_planners.nnUNetPlannerResEncM):
         planner(name).plan_experiment()
     out = HERE / "plans" / name
     out.mkdir(parents=True, exist_ok=True)
