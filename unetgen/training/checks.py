@@ -1,0 +1,134 @@
+"""The checks of a training setup against the network, before anything is trained: the patch size (on the
+network's lattice, its output inside every image), a batch norm that would see one value, and the memory of a step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import ResourceError, SizeError, UNetGenError
+from ..planning.cost import estimate
+from ..planning.limits import memory_limit
+from ..planning.plan import Plan, lattices, make_plan
+from ..spec.fields import UNetSpec
+from ..text import axis_names, human_bytes, size_text
+from .sampling import PatchShape
+
+
+def patch_plan(spec: UNetSpec, sizes: Sequence[tuple[int, ...]], requested: Sequence[int] | None) -> Plan:
+    """The plan of the network's core at the training patch's size: the one asked for, checked, or the largest on
+    the lattice that is at most the spec's size and whose output fits in every image.
+
+    Args:
+        spec: the network.
+        sizes: the spatial sizes of the training images.
+        requested: ``--patch-size``: one value for every axis, or one per axis; None: choose.
+
+    Returns:
+        The plan of the core (``make_plan(spec, patch, core=True)``).
+
+    Raises:
+        SizeError: for a size off the lattice, the wrong number of sizes, or an output larger than an image.
+    """
+    dims = spec.spatial_dims
+    grids = lattices(spec)
+    smallest = tuple(min(size[axis] for size in sizes) for axis in range(dims))
+    if requested is None:
+        cap = make_plan(spec).core_input_size
+        chosen = []
+        for axis, grid in enumerate(grids):
+            largest = min(cap[axis], smallest[axis] + 2 * grid.border)
+            if largest < grid.first:
+                raise SizeError(
+                    f"images: the smallest is {smallest[axis]} along {axis_names(dims)[axis]}, and the network's "
+                    f"smallest patch ({grid.first}) has an output of {grid.first - 2 * grid.border}; give larger "
+                    "images or a network with less border"
+                )
+            chosen.append(grid.first + (largest - grid.first) // grid.step * grid.step)
+        return make_plan(spec, tuple(chosen), core=True)
+    patch = tuple(requested) * dims if len(requested) == 1 else tuple(requested)
+    shown = " ".join(str(n) for n in requested)
+    if len(patch) != dims:
+        raise SizeError(f"--patch-size {shown}: give one size, or {dims} (one per axis) for a {dims}D network")
+    try:
+        plan = make_plan(spec, patch, core=True)
+    except SizeError as exc:
+        raise SizeError(f"--patch-size {shown}: {str(exc).replace('; or set output: same', '')}") from None
+    for axis, (out, least, grid) in enumerate(zip(plan.output_size, smallest, grids)):
+        if out > least:
+            fits = grid.first + (least + 2 * grid.border - grid.first) // grid.step * grid.step
+            fix = f"use --patch-size {fits} or less" if fits >= grid.first else "give larger images"
+            where = f" along {axis_names(dims)[axis]}" if dims > 1 else ""
+            raise SizeError(
+                f"--patch-size {shown}: its output is {size_text(plan.output_size)}, larger than the smallest image "
+                f"({least}{where}); {fix}"
+            )
+    return plan
+
+
+def patch_shape(plan: Plan) -> PatchShape:
+    """The patch's input and output sizes from its plan."""
+    return PatchShape(tuple(plan.input_size), tuple(plan.output_size))
+
+
+def check_batch_norm(plan: Plan, batch: int) -> None:
+    """Refuse a batch norm that would normalise a single value per channel (torch raises in training mode).
+
+    Raises:
+        SizeError: naming the layer, the batch and the patch, and the fix.
+    """
+    for layer in plan.layers:
+        if layer.kind == "norm" and layer.mode == "batch" and batch * math.prod(layer.shape[1:]) == 1:
+            raise SizeError(
+                f"--batch-size {batch}: {layer.name} (batch norm) sees one value per channel (a "
+                f"{size_text(layer.shape[1:])} map of {batch} sample) at patch {size_text(plan.input_size)}, and "
+                "cannot normalise it; use "
+                "--batch-size 2 or more, or a larger --patch-size"
+            )
+
+
+def check_memory(plan: Plan, batch: int, device: str) -> int:
+    """Refuse a batch whose step cannot fit: the device's memory (a GPU's, or the memory limit on the CPU) against
+    the estimate of one pass at the patch size.
+
+    The estimate is the plan's inference pass (:func:`unetgen.estimate`: weights and the peak of live activations):
+    a training step keeps more (every activation for the backward pass, gradients, the optimizer's state), so this
+    refuses only what certainly cannot fit.
+
+    Returns:
+        The estimate, in bytes.
+
+    Raises:
+        ResourceError: naming the estimate, the memory and the fix.
+    """
+    cost = estimate(plan, batch=batch)
+    if device == "cuda":
+        limit = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        where = f"the GPU's {human_bytes(limit)}"
+    else:
+        limit = memory_limit()
+        where = f"the memory limit of {human_bytes(limit)}"
+    if limit and cost.peak_bytes > limit:
+        raise ResourceError(
+            f"--batch-size {batch} --patch-size {' '.join(map(str, plan.input_size))}: one pass alone needs about "
+            f"{human_bytes(cost.peak_bytes)}, more than {where} (a training step needs more still); use a smaller "
+            "--batch-size or --patch-size"
+        )
+    return cost.peak_bytes
+
+
+def check_device(device: str) -> None:
+    """Refuse ``cuda`` where torch sees no GPU.
+
+    Raises:
+        UNetGenError: with the fix.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UNetGenError("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); use "
+                           "--device cpu, or install a CUDA build of torch")
+
+
+__all__ = ["patch_plan", "patch_shape", "check_batch_norm", "check_memory", "check_device"]
