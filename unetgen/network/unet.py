@@ -257,6 +257,8 @@ class UNet(nn.Module):
         """Mirror by ``rounds`` (when ``mirror``), then the core network: its main output, then (with ``heads``)
         the auxiliary heads' outputs, highest resolution first. The mirrored input is this frame's alone, so it is
         released once the first level has used it."""
+        if self.is_nested:
+            return self._run_nested(x, rounds, mirror, heads)
         if mirror:
             x = self.pad_input(x, rounds)
         skips: List[torch.Tensor] = []
@@ -265,10 +267,6 @@ class UNet(nn.Module):
             skips.append(x)
         x = self.bottleneck(x)
         auxiliary: List[torch.Tensor] = []
-        if self.is_nested:
-            skips.append(x)
-            del x  # the nodes release the bottleneck's map once the node above has read it
-            x = self._nested(skips, heads, auxiliary)
         for level in self.decoder.values():
             # DecoderLevel.forward, inlined so that each tensor is released as soon as it has been used: the
             # map from below once it is up-sampled (and gated), the skip once it is concatenated.
@@ -280,30 +278,36 @@ class UNet(nn.Module):
             x = level.convs(x)
             if heads and level.has_head:
                 auxiliary.append(level.head(x))
-        if not self.is_nested:
-            auxiliary.reverse()  # the decoder ran deepest first
+        auxiliary.reverse()  # the decoder ran deepest first
         return [self.head(x)] + auxiliary
 
-    def _nested(self, skips: List[torch.Tensor], heads: bool, auxiliary: List[torch.Tensor]) -> torch.Tensor:
-        """UNet++'s nodes row by row from the bottom (Zhou et al. 2018), from the encoder's maps ``skips`` (the
-        bottleneck's last): each row reads only the row below, which is released node by node; returns the top
-        row's last node. The top row's heads go to ``auxiliary``."""
-        below_row: List[torch.Tensor] = [skips.pop()]
+    def _run_nested(self, x: torch.Tensor, rounds: List[List[int]], mirror: bool, heads: bool) -> List[torch.Tensor]:
+        """:meth:`_run` for UNet++ (Zhou et al. 2018): the encoder, then the nodes row by row from the bottom, each
+        row reading only the row below, which is released node by node; the top row's heads in column order. One
+        frame, so that no caller keeps a map the nodes are done with."""
+        if mirror:
+            x = self.pad_input(x, rounds)
+        skips: List[torch.Tensor] = []
+        for level in self.encoder:
+            x = level(x)
+            skips.append(x)
+        x = self.bottleneck(x)
+        auxiliary: List[torch.Tensor] = []
+        below_row: List[torch.Tensor] = [x]
         current: List[torch.Tensor] = []
         for row in self.nested.values():
             current = [skips.pop()]
             for node in row.values():
                 below = below_row.pop(0)
-                out = node(below, current)
+                x = node(below, current)
                 del below
                 if heads and node.has_head:
-                    auxiliary.append(node.head(node.head_crop(out)))
-                current.append(out)
+                    auxiliary.append(node.head(node.head_crop(x)))
+                current.append(x)
             below_row = current
-        x = below_row[-1]
         current = []
         below_row = []
-        return x
+        return [self.head(x)] + auxiliary
 
     def pruned(self, columns: int) -> UNet:
         """UNet++ pruned at inference (Zhou et al. 2018, sec. 2.3): the nodes X(i, j) with i + j ≤ ``columns``,
