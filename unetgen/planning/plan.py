@@ -530,15 +530,16 @@ class _Layers:
     def residual_d(self, prefix: str, source: str, width: int, kernel: tuple[int, ...],
                    stride: tuple[int, ...]) -> str:
         """nnU-Net's BasicBlockD: conv → norm → act → conv → norm, plus the shortcut (average-pooled where the block
-        strides, then a 1×1 convolution without bias and a norm where it strides or widens), → act."""
+        strides, then a 1×1 convolution without bias and a norm where it widens), → act. As
+        ``dynamic-network-architectures`` 0.4.4 (``BasicBlockD``): a stride alone gets the pool only."""
         start = len(self.layers)
         body = self.unit(source, width, kernel, (f"{prefix}conv1", f"{prefix}norm1", f"{prefix}act1"), stride=stride)
         body = self.unit(body, width, kernel, (f"{prefix}conv2", f"{prefix}norm2", None))
         shortcut = source
         dims = len(kernel)
-        if any(f != 1 for f in stride) or self.shapes[source][0] != width:
-            if any(f != 1 for f in stride):
-                shortcut = self.add(f"{prefix}skip.pool", "avg_pool", (shortcut,), kernel=stride, stride=stride)
+        if any(f != 1 for f in stride):
+            shortcut = self.add(f"{prefix}skip.pool", "avg_pool", (shortcut,), kernel=stride, stride=stride)
+        if self.shapes[source][0] != width:
             shortcut = self.unit(shortcut, width, (1,) * dims, (f"{prefix}skip.conv", f"{prefix}skip.norm", None),
                                  bias=False)
         current = self.add(f"{prefix}add", "add", (body, shortcut))

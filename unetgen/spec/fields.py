@@ -152,7 +152,7 @@ class UNetSpec(BaseModel):
         None,
         description="A residual encoder as nnU-Net's ResEnc networks: a stem convolution, then this many residual "
         "blocks per level (e.g. [1, 3, 4, 6, 6, 6]); each block is conv → norm → act → conv → norm, plus the input "
-        "(average-pooled and projected by a 1×1 convolution and norm where the block strides or widens), → act. "
+        "(average-pooled where the block strides, projected by a 1×1 convolution and norm where it widens), → act. "
         "Needs `downsampling: conv` and `padding: same`; the decoder stays plain.",
     )
     skips: Literal["plain", "nested"] = Field(
