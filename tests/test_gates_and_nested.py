@@ -347,7 +347,7 @@ def test_summary_names_the_gates_and_nodes(capsys):
 
     assert main(["build", "attention"]) == 0
     out = capsys.readouterr().out
-    assert "decoder.3.gate" in out and "grid attention gate (Oktay)" in out and "6,124,695 parameters" in out
+    assert "decoder.3.gate" in out and "grid attention gate (Oktay): skip × σ" in out and "6,124,695 parameters" in out
     assert main(["build", "unetpp"]) == 0
     out = capsys.readouterr().out
     assert "nested.1.3" in out and "concat X(1, 0), X(1, 1), X(1, 2)" in out and "9,041,601 parameters" in out

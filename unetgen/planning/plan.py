@@ -689,17 +689,15 @@ class _Layers:
 
 
 def _gate_words(spec: UNetSpec, channels: int, factor: tuple[int, ...]) -> str:
-    """E.g. ``attention gate (MONAI): 1×1 convs → 16 ch, batch norm, on the skip and the up-sampled map; relu,
-    1×1 conv → 1 ch, sigmoid; skip × map``."""
+    """E.g. ``attention gate (MONAI): skip × σ(1-ch conv of relu(conv skip + conv up-sampled map, 16 ch))``."""
     inner = max(1, channels // spec.gate_reduction)
     ones = _fmt((1,) * len(factor))
     norm = f", {spec.norm} norm" if spec.norm != "none" else ""
     if spec.skip_gate == "attention":
-        return (f"attention gate (MONAI): conv {ones} → {inner} ch{norm} of the skip and of the up-sampled map, "
-                f"added, relu, conv {ones} → 1 ch{norm}, sigmoid; skip × map")
-    return (f"grid attention gate (Oktay): conv {_fmt(factor)} stride {_fmt(factor)} of the skip and conv {ones} "
-            f"of the map below → {inner} ch, added, relu, conv {ones} → 1 ch, sigmoid, ×{_fmt(factor)} linear; "
-            f"skip × map, conv {ones}{norm}")
+        return (f"attention gate (MONAI): skip × σ(1-ch conv {ones}{norm} of relu(conv skip + conv up-sampled map, "
+                f"{inner} ch{norm}))")
+    return (f"grid attention gate (Oktay): skip × σ(1-ch conv of relu(conv {_fmt(factor)} stride "
+            f"{_fmt(factor)} skip + conv map below, {inner} ch)) ×{_fmt(factor)} linear, then conv {ones}{norm}")
 
 
 def _nested(write: _Layers, spec: UNetSpec, outputs: list[str], skips: list[Skip], block: Any, dropout_at: Any,
