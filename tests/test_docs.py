@@ -39,6 +39,8 @@ ELSEWHERE = {
     ("docs/onnx.md", "$ unetgen export --onnx"): "tests/test_export.py",
     ("docs/onnx.md", "$ unetgen inspect paper.onnx"): "tests/test_export.py",
     ("docs/onnx.md", 'session = unetgen.onnx_session("paper.onnx")'): "tests/test_export.py",
+    ("docs/training.md", "$ unetgen train"): "tests/test_training_docs.py",
+    ("docs/training.md", "torchrun --nproc-per-node 2"): "tests/test_training_ddp.py",
 }
 
 

@@ -1,11 +1,12 @@
-"""``unetgen train`` under torchrun: two CPU processes (gloo) share each step's patches, DistributedDataParallel
-averages their gradients, and the first process writes the files — the same training as one process with the two
-processes' batches together."""
+"""``unetgen train`` under torchrun, as docs/training.md runs it: two CPU processes (gloo) share each step's patches,
+DistributedDataParallel averages their gradients, and the first process writes the files — the same training as one
+process with the two processes' batches together."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from unetgen.training.config import TrainConfig
 from unetgen.training.loop import train
 from unetgen.training.synthetic import write_cells
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = "name: nodrop\ndepth: 3\nwidth: 8\ninit: paper\n"  # no dropout: its random mask differs between processes
 
 
@@ -31,12 +33,15 @@ def free_port() -> int:
 def test_two_processes_train_as_one_with_their_batches_together(tmp_path):
     write_cells(tmp_path / "cells", count=4, size=(64, 64), seed=1)
     (tmp_path / "net.yaml").write_text(SPEC)
-    options = ["--images", str(tmp_path / "cells/images"), "--masks", str(tmp_path / "cells/masks"), "--epochs", "2",
-               "--patch-size", "84", "--val-fraction", "0.25"]
+    page = (ROOT / "docs/training.md").read_text(encoding="utf-8")
+    shown = shlex.split(next(line for line in page.splitlines() if line.startswith("torchrun --nproc-per-node 2")))
+    # the page's command, with this test's files (a network without dropout, whose masks differ between processes)
+    where = {"small.yaml": str(tmp_path / "net.yaml"), "cells/images": str(tmp_path / "cells/images"),
+             "cells/masks": str(tmp_path / "cells/masks"), "run": str(tmp_path / "ddp")}
+    argv = [where.get(word, word) for word in shown[1:]]
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()), "-m", "unetgen.cli", "train", str(tmp_path / "net.yaml"),
-               "--out", str(tmp_path / "ddp"), *options]
+    command = [sys.executable, "-m", "torch.distributed.run", "--master-addr", "127.0.0.1", "--master-port",
+               str(free_port()), *argv, "--epochs", "2", "--patch-size", "84", "--val-fraction", "0.25"]
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("epoch 1/2: loss") == 1  # one process prints and writes

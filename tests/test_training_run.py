@@ -129,7 +129,8 @@ def batch_norm_spec(cells: Path, tmp_path: Path) -> list[str]:
      "(64 along height); use --patch-size 104 or less"),
     (lambda c, t: ["--epochs", "0"], "--epochs 0: give a whole number from 1 up"),
     (lambda c, t: ["--loss", "dice"], "--loss dice: give one of ce, weighted-ce, ce-dice (did you mean 'ce-dice'?)"),
-    (lambda c, t: ["--resume"], "{tmp}/run/last.pt: no such file; --resume continues a run whose folder (--out) has one"),
+    (lambda c, t: ["--resume"],
+     "{tmp}/run/last.pt: no such file; --resume continues a run whose folder (--out) has one"),
     (batch_norm_spec, "--batch-size 1: bottleneck.convs.norm0 (batch norm) sees one value per channel (a 1×1 map of "
      "1 sample) at patch 4×4, and cannot normalise it; use --batch-size 2 or more, or a larger --patch-size"),
 ])

@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .network.optimization import optimize
     from .export.reader import onnx_session, read_onnx_info
     from .inference.predict import predict
+    from .training.config import TrainConfig
+    from .training.loop import train
 
 __all__ = [
     "__version__",
@@ -60,6 +62,8 @@ __all__ = [
     "read_onnx_info",
     "ExportError",
     "predict",
+    "train",
+    "TrainConfig",
 ]
 
 #: Names that need torch (or onnx), and the module each lives in: imported on first use.
@@ -73,6 +77,8 @@ _LAZY = {
     "onnx_session": "export.reader",
     "read_onnx_info": "export.reader",
     "predict": "inference.predict",
+    "train": "training.loop",
+    "TrainConfig": "training.config",
 }
 
 

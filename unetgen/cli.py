@@ -242,14 +242,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(spec=args.spec, images=args.images, masks=args.masks, out=args.out, resume=args.resume,
                          **options)
 
+    epochs = [config.epochs]  # the run's own when it is resumed: set once everything is checked
+
     def announce(setup: typing.Any) -> None:
+        epochs[0] = setup.config.epochs
         for line in setup.describe():
             print(line, flush=True)
 
     def report(row: dict[str, typing.Any]) -> None:
-        print(epoch_line(row, epochs), flush=True)
+        print(epoch_line(row, epochs[0]), flush=True)
 
-    epochs = config.resolved().epochs
     result = train(config, progress=True, report=report, announce=announce)
     if not result.main:
         return 130 if result.interrupted else 0

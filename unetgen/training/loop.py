@@ -140,7 +140,8 @@ class Setup:
             f"network {self.spec.name}: patches {size_text(self.shape.window)} → {size_text(self.shape.out)}, batch "
             f"{c.batch_size}{processes}; one pass about {human_bytes(self.estimate)}",
             f"recipe {c.recipe}: {optimizer}, lr {c.lr:g}; {loss}; augmentation: {augment}; intensities: "
-            f"{self.intensity.describe()}; {c.epochs} epochs on {c.device} ({c.precision})",
+            f"{self.intensity.describe()}; {c.epochs} epoch{'s' if c.epochs != 1 else ''} on {c.device} "
+            f"({c.precision})",
         ]
         if self.state is not None:
             lines.append(f"resuming {run_paths(c.out)['last']}: epoch {int(self.state['epoch']) + 1}, step "
@@ -164,7 +165,7 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     """
     world = world or World()
     config.resolved()  # each option checked as given, before the run's folder is read
-    config, state = _resume(_absolute(config))
+    config, state = _resume(config)
     config = config.resolved()
     check_device(config.device)
     spec = load_spec(config.spec)
@@ -221,11 +222,14 @@ def _resume(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
             f"{last}: its training state is damaged ({type(exc).__name__}); start a new run"
         ) from None
     merged: dict[str, Any] = {}
+    absolute = _absolute(config)
     for option in dataclasses.fields(TrainConfig):
         given, stored = getattr(config, option.name), getattr(saved, option.name)
         default = option.default
         if option.name in RESUMABLE or option.name == "spec":
             merged[option.name] = stored if option.name == "epochs" and given == default else given
+        elif option.name in PATHS and getattr(absolute, option.name) == stored:
+            merged[option.name] = given  # the folder the run was started with, as this command names it
         elif given == stored or (default is not dataclasses.MISSING and given == default):
             merged[option.name] = stored
         else:
@@ -345,7 +349,7 @@ class _Trainer:
     def _state(self) -> dict[str, Any]:
         """What ``last.pt`` keeps to resume from."""
         return {
-            "config": json.dumps(self.config.to_dict()),
+            "config": json.dumps(_absolute(self.config).to_dict()),
             "spec": json.dumps(self.setup.spec.model_dump(mode="json")),
             "epoch": self.epoch, "step": self.step, "world": self.world.size,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
