@@ -1,6 +1,7 @@
 """``unetgen train`` end to end on a small synthetic data set: the files a run writes and that predict and export
 read, the one-line refusals of bad input before any training, ``--resume`` bit for bit, Ctrl-C, and the variants
-(3D, same-output with batch norm, deep supervision, bf16, percentile intensities, one output channel)."""
+(3D, same-output with batch norm, deep supervision, bf16 and fp16, percentile intensities, one output channel, nested
+skips, attention gates)."""
 
 from __future__ import annotations
 
@@ -241,7 +242,10 @@ def volumes(folder: Path) -> tuple[str, str]:
     ("depth: 3\nwidth: 4\npadding: same\nnorm: batch\noutput: same\n", {"recipe": "modern"}),  # core of a same net
     ("depth: 3\nwidth: 4\ndeep_supervision: 1\n", {"optimizer": "sgd-poly", "loss": "ce-dice"}),
     ("depth: 3\nwidth: 4\n", {"precision": "bf16", "normalization": "percentile"}),
-    ("depth: 3\nwidth: 4\nout_channels: 1\nfinal_activation: sigmoid\n", {"loss": "ce-dice", "augment": "none"}),
+    ("depth: 3\nwidth: 4\nout_channels: 1\nfinal_activation: sigmoid\n",
+     {"loss": "ce-dice", "augment": "none", "precision": "fp16"}),                          # binary, loss scaling
+    ("depth: 3\nwidth: 4\nskips: nested\ndeep_supervision: 1\n", {}),                  # UNet++ with its heads
+    ("depth: 3\nwidth: 4\nskip_gate: attention\n", {"batch_size": 2}),                 # attention gates
 ])
 def test_variants_train_and_predict(cells, tmp_path, spec, changes):
     (tmp_path / "net.yaml").write_text(spec)
