@@ -163,11 +163,13 @@ PATHS = ("images", "masks", "instances", "val_images", "val_masks")
 
 
 def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse a value that is not one of ``choices``, with the closest one."""
     if value not in choices:
         raise UNetGenError(f"{flag} {value}: give one of {', '.join(choices)}{did_you_mean(value, choices)}")
 
 
 def _number(flag: str, value: Any, least: int) -> None:
+    """Refuse a value that is not a whole number from ``least`` up."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise UNetGenError(f"{flag} {value}: give a whole number from {least} up")
 

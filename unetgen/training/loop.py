@@ -358,6 +358,7 @@ class _Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """Take up a run where ``last.pt``'s state left it."""
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
@@ -375,12 +376,14 @@ class _Trainer:
                         self.paths["last"], state.get("world"), self.world.size)
 
     def _save_last(self) -> None:
+        """Write ``last.pt`` with the state to resume from (first process)."""
         if self.world.main:
             save(self.model, self.paths["last"], extra={STATE_KEY: self._state()})
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        """Train the epochs left; stop early (saved) when interrupted."""
         config = self.config
         if self.world.main:
             Path(config.out).mkdir(exist_ok=True)
@@ -463,6 +466,7 @@ class _Trainer:
         return float(loss.detach())
 
     def _autocast(self) -> Any:
+        """Autocast to bf16 or fp16 as ``--precision`` says (nothing for fp32)."""
         precision = self.config.precision
         if precision == "fp32":
             return nullcontext()
@@ -524,6 +528,7 @@ class _Trainer:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def _result(self, interrupted: bool) -> TrainResult:
+        """What the run did, so far."""
         best = self.paths["best"] if self.best_epoch is not None else None
         return TrainResult(Path(self.config.out), self.epoch, interrupted, self.best_epoch, self.best_score,
                            list(self.rows), self.paths["last"], best, self.step, self.world.main)
@@ -538,6 +543,7 @@ class _Trainer:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def stop(number: int, frame: Any) -> None:
+            """The first signal: stop after the step; the next one acts as before."""
             self.stop = True
             log.warning("stopping after this step; the run is saved to %s (continue it with --resume)",
                         self.paths["last"])

@@ -15,7 +15,7 @@ samples the target (and weight map) under each head's pixels and adds the heads'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,7 @@ class Objective:
         return loss
 
     def _log_probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the classes from logits, or from a final softmax or sigmoid's output."""
         if self.final == "softmax":
             return torch.log(output.clamp_min(_TINY))
         if self.final == "sigmoid":  # one sigmoid per class: normalise to a distribution first
@@ -103,6 +104,7 @@ class Objective:
         return F.log_softmax(output, dim=1)
 
     def _binary_ce(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-pixel binary cross-entropy of a one-channel output (logits, or probabilities)."""
         if self.final in ("sigmoid", "softmax"):  # a one-channel softmax is always 1: treat it as a probability
             return F.binary_cross_entropy(output.clamp(_TINY, 1 - 1e-7), target, reduction="none")
         return F.binary_cross_entropy_with_logits(output, target, reduction="none")
@@ -121,9 +123,4 @@ class Objective:
         return ((2 * overlap + _SMOOTH) / (total + _SMOOTH)).mean()
 
 
-def objective(name: str, final: str, grids: Sequence[Sequence[HeadGrid]] | None = None) -> Callable[..., torch.Tensor]:
-    """The loss ``name`` for a network ending in ``final`` (see :class:`Objective`)."""
-    return Objective(name, final, grids)
-
-
-__all__ = ["LOSSES", "Objective", "objective"]
+__all__ = ["LOSSES", "Objective"]

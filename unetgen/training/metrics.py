@@ -55,6 +55,7 @@ class Overlap:
 
 
 def _ratio(top: float, bottom: float) -> float:
+    """``top / bottom``, NaN for 0 / 0."""
     return float(top) / float(bottom) if bottom else math.nan
 
 
@@ -113,6 +114,7 @@ class InstanceScores:
         return self.split_pairs / self.touching_pairs if self.touching_pairs else math.nan
 
     def __add__(self, other: InstanceScores) -> InstanceScores:
+        """The counts of two images (or sets) together."""
         return InstanceScores(*(a + b for a, b in zip(self.__dict__.values(), other.__dict__.values())))
 
 

@@ -47,12 +47,14 @@ def write_log(rows: Sequence[dict[str, Any]], csv_path: Path, json_path: Path, c
 
 
 def _csv_value(value: Any) -> Any:
+    """A value as the CSV shows it: floats to 6 digits, NaN and None empty."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return "" if value is None else value
 
 
 def _json_value(value: Any) -> Any:
+    """A value as JSON can hold it: NaN and infinities as null."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -84,6 +86,7 @@ def curves_svg(rows: Sequence[dict[str, Any]], title: str) -> str:
 
 
 def _score_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The per-class Dice columns of the log, in order."""
     keys: list[str] = []
     for row in rows:
         keys += [key for key in row if key.startswith("dice_") and key not in keys]
@@ -107,9 +110,11 @@ def _panel(
     span = max(last - first, 1)
 
     def x(epoch: float) -> float:
+        """The epoch's horizontal position."""
         return x0 + (epoch - first) / span * w
 
     def y(value: float) -> float:
+        """The value's vertical position."""
         return y0 + h - (value - low) / (high - low) * h
 
     for k in range(5):
