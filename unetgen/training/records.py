@@ -72,7 +72,7 @@ def curves_svg(rows: Sequence[dict[str, Any]], title: str) -> str:
     height = top + 2 * panel + gap + 40
     epochs = [row["epoch"] for row in rows]
     loss = {"training loss": [row.get("loss", math.nan) for row in rows]}
-    scores = {key.replace("_", " "): [row.get(key, math.nan) for row in rows] for key in _score_keys(rows)}
+    scores = {_series_name(key): [row.get(key, math.nan) for row in rows] for key in _score_keys(rows)}
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         'font-family="Helvetica, Arial, sans-serif" font-size="12">',
@@ -80,9 +80,16 @@ def curves_svg(rows: Sequence[dict[str, Any]], title: str) -> str:
         f'<text x="{left}" y="22" font-size="14" font-weight="bold">{escape(title)}</text>',
     ]
     parts += _panel(epochs, loss, left, top, width - left - 150, panel, None)
+    parts.append(f'<text x="{left}" y="{top + panel + gap - 8}" font-weight="bold">validation Dice</text>')
     parts += _panel(epochs, scores, left, top + panel + gap, width - left - 150, panel, (0.0, 1.0))
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def _series_name(key: str) -> str:
+    """``dice_1`` → ``class 1``; ``dice_mean`` → ``mean (foreground)``."""
+    suffix = key.split("_", 1)[1]
+    return "mean (foreground)" if suffix == "mean" else f"class {suffix}"
 
 
 def _score_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
