@@ -158,6 +158,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     report = export_onnx(
         source, path, input_size=args.input_size, opset=args.opset, static=args.static,
         batch=args.batch if args.batch is not None else 1, verify=not args.no_verify, heads=args.heads,
+        quantize=args.quantize, precision=args.precision, calibration=args.calibration,
+        check_images=args.check_images, thresholds={"min_agreement": args.min_agreement,
+                                                    "min_dice": args.min_dice, "max_error": args.max_error},
     )
     print(report.describe(), end="")
     return 0
@@ -423,6 +426,38 @@ def _parser() -> argparse.ArgumentParser:
         help="deep supervision: write every auxiliary head as a named output too (default: the main output only)",
     )
     export.add_argument("--no-verify", action="store_true", help="skip the checks (not recommended)")
+    lower = export.add_argument_group(
+        "lower precision", "an int8 or float16 file instead, checked against float32 on held-out images "
+        "(label agreement, Dice per class, output error) and refused below the thresholds; see docs/onnx.md",
+    )
+    lower.add_argument(
+        "--quantize", choices=("int8",),
+        help="static int8 (QDQ, per-channel weights) calibrated on --calibration, for CPUs with VNNI",
+    )
+    lower.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+        help="the file's precision: fp16 for GPU runtimes; int8 is --quantize int8 (default: fp32)",
+    )
+    lower.add_argument(
+        "--calibration", metavar="DIR_OR_NPY",
+        help="images like the ones to segment: a folder, or an .npy stack (N, C, *size); tiled as predict tiles "
+        "them, one in five held out for the check",
+    )
+    lower.add_argument(
+        "--check-images", metavar="DIR_OR_NPY", help="check on these images instead of held-out calibration ones"
+    )
+    lower.add_argument(
+        "--min-agreement", type=float, default=0.99, metavar="F",
+        help="least share of pixels labelled as by float32 (default 0.99)",
+    )
+    lower.add_argument(
+        "--min-dice", type=float, default=0.95, metavar="F",
+        help="least Dice of each class between the two label maps (default 0.95)",
+    )
+    lower.add_argument(
+        "--max-error", type=float, metavar="F",
+        help="largest output error, a share of float32's largest output (default: reported, not checked)",
+    )
     export.set_defaults(func=_cmd_export)
     inspect = commands.add_parser(
         "inspect",

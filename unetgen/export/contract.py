@@ -35,6 +35,12 @@ META_SIZE_RULES = "unetgen.size_rules"
 #: ``metadata_props`` key of a trained network's intensity normalisation (JSON, :mod:`unetgen.training.intensity`),
 #: which a runtime applies to an image before cutting tiles; absent: raw values.
 META_INTENSITY = "unetgen.intensity"
+#: Keys of a lower-precision file (:mod:`unetgen.export.quantize`): its precision (``int8``, ``fp16``; absent:
+#: ``fp32``); how int8 ranges were calibrated (JSON: images, tiles, method, ...); what it measured against the
+#: float32 network on held-out images (JSON: label agreement, Dice per class, output error, thresholds).
+META_PRECISION = "unetgen.precision"
+META_CALIBRATION = "unetgen.calibration"
+META_AGREEMENT = "unetgen.agreement"
 
 
 def output_name(plan: Plan) -> str:
@@ -217,6 +223,9 @@ __all__ = [
     "META_SIZES",
     "META_SIZE_RULES",
     "META_INTENSITY",
+    "META_PRECISION",
+    "META_CALIBRATION",
+    "META_AGREEMENT",
     "AxisRule",
     "SizesMetadata",
     "output_name",

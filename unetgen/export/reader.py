@@ -28,6 +28,7 @@ from ..training.intensity import intensity_from_dict
 from .contract import (
     META_INTENSITY, META_SIZES, META_SPEC, META_VERSION, AxisRule, SizesMetadata, shape_words, size_rule_lines,
 )
+from .contract import META_AGREEMENT, META_CALIBRATION, META_PRECISION
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,25 @@ class OnnxInfo:
     def static(self) -> bool:
         """Whether every dimension of the file is fixed."""
         return self.batch is not None
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, or ``int8`` / ``fp16`` for a lower-precision file (metadata ``unetgen.precision``)."""
+        return self.metadata.get(META_PRECISION, "fp32")
+
+    def lowered(self, key: str) -> dict[str, Any] | None:
+        """A lower-precision file's calibration summary (``META_CALIBRATION``) or measured agreement
+        (``META_AGREEMENT``), as stored; None when absent.
+
+        Raises:
+            ExportError: when the entry is not JSON.
+        """
+        if key not in self.metadata:
+            return None
+        try:
+            return dict(json.loads(self.metadata[key]))
+        except (ValueError, TypeError) as exc:
+            raise ExportError(f"{self.path}: unetgen metadata is damaged ({key}: {exc})") from None
 
     @cached_property
     def plan(self) -> Plan:
@@ -139,6 +159,7 @@ class OnnxInfo:
         lines += [f"  {line}" for line in size_rule_lines(self.plan, self.axes, self.static)]
         if self.intensity is not None:
             lines.append(f"intensities: {intensity_from_dict(self.intensity).describe()} (metadata '{META_INTENSITY}')")
+        lines += _precision_lines(self)
         lines.append(f"spec (metadata '{META_SPEC}'; the fields that differ from the defaults):")
         changed = spec.model_dump(mode="json", exclude_defaults=True)
         lines += [
@@ -162,7 +183,39 @@ class OnnxInfo:
             "file_bytes": self.file_bytes,
             "spec": self.spec.model_dump(mode="json"),
             "intensity": self.intensity,
+            "precision": self.precision,
+            "calibration": self.lowered(META_CALIBRATION),
+            "agreement": self.lowered(META_AGREEMENT),
         }
+
+
+def _precision_lines(info: OnnxInfo) -> list[str]:
+    """What ``inspect`` says about a lower-precision file: how it was made and what it measured."""
+    if info.precision == "fp32":
+        return []
+    lines = [f"precision: {info.precision} (metadata '{META_PRECISION}')"]
+    calibration = info.lowered(META_CALIBRATION)
+    if calibration is not None:
+        lines.append(
+            f"  calibrated ({calibration.get('method')}) on {calibration.get('tiles_used')} of "
+            f"{calibration.get('tiles')} tiles ({size_text(calibration.get('tile_size') or [])}) of "
+            f"{calibration.get('images')} images from {calibration.get('source')}; {calibration.get('format')}, "
+            f"weights {calibration.get('weights')}, activations {calibration.get('activations')}"
+            + (", 7-bit weights (reduce_range)" if calibration.get("reduce_range") else "")
+        )
+    agreement = info.lowered(META_AGREEMENT)
+    if agreement is not None:
+        dice = " / ".join("—" if d is None else f"{d:.4f}" for d in agreement.get("dice", []))
+        limits = agreement.get("thresholds") or {}
+        scale = agreement.get("scale") or 0
+        lines.append(
+            f"  checked against float32 on {agreement.get('source')}: labels agree on "
+            f"{100 * agreement.get('label_agreement', 0):.3f}% of {agreement.get('pixels', 0):,} pixels; Dice per "
+            f"class {dice}; max |Δ output| {agreement.get('max_error')} = "
+            f"{100 * (agreement.get('max_error') or 0) / max(scale, 1e-12):.2f}% of the scale (needed: agreement ≥ "
+            f"{100 * limits.get('min_agreement', 0):.2f}%, Dice ≥ {limits.get('min_dice', 0):.3f})"
+        )
+    return lines
 
 
 def read_onnx_info(path: str | Path) -> OnnxInfo:

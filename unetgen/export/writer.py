@@ -49,6 +49,7 @@ from ..planning.plan import Plan, make_plan
 from ..spec.fields import UNetSpec, load_spec
 from ..text import human_bytes, size_text
 from ..version import __version__
+from .quantize import PrecisionReport, Thresholds, lower_precision, make_request, refusal
 from .contract import (
     DEFAULT_OPSET,
     DIM_NAMES,
@@ -131,6 +132,8 @@ class ExportReport:
         verify_seconds: time spent checking.
         notes: what a user should know about the file (untrained weights, eval mode, sizes it refuses).
         heads: the auxiliary outputs (deep supervision) written after the main one (``heads=True``).
+        precision: the file's precision: ``fp32``, or ``int8`` / ``fp16`` (:mod:`unetgen.export.quantize`).
+        lowered: what making and checking the int8 or float16 file measured (None for float32).
     """
 
     path: Path | None
@@ -149,6 +152,8 @@ class ExportReport:
     verify_seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
     heads: tuple[str, ...] = ()
+    precision: str = "fp32"
+    lowered: PrecisionReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -185,6 +190,7 @@ class ExportReport:
                 f"onnxruntime (CPU) against torch: max |Δ| / max |y| ≤ {self.tolerance:.0e} (y: torch's output)"
             )
             lines += [f"  {check.describe()}" for check in self.checks]
+        lines += self.lowered.lines() if self.lowered is not None else []
         shown = {f"{size_text(c.input_shape)}: {c.problem}" for c in self.checks if not c.ok}
         lines += [f"FAILED: {error}" for error in self.errors if error not in shown]
         lines += [f"note: {note}" for note in self.notes]
@@ -225,6 +231,8 @@ class ExportReport:
             "file_bytes": self.file_bytes,
             "export_seconds": round(self.export_seconds, 3),
             "verify_seconds": round(self.verify_seconds, 3),
+            "precision": self.precision,
+            "lower_precision": self.lowered.to_dict() if self.lowered is not None else None,
         }
 
 
@@ -239,6 +247,11 @@ def export_onnx(
     verify: bool = True,
     raise_on_failure: bool = True,
     heads: bool = False,
+    quantize: str | None = None,
+    precision: str = "fp32",
+    calibration: Any = None,
+    check_images: Any = None,
+    thresholds: Thresholds | dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export a network to one ONNX file, check it with onnxruntime against torch, and write it atomically.
 
@@ -257,6 +270,16 @@ def export_onnx(
             report (its ``errors`` say what failed, ``path`` is None). Either way no file is written.
         heads: with deep supervision, export every head as a named output (:func:`~unetgen.export.contract.head_names`:
             ``logits``, ``logits_level1``, ...), each checked against torch; by default the main output only.
+        quantize: ``"int8"``: write a statically quantized file instead (QDQ, int8 weights per channel),
+            calibrated on ``calibration`` and checked against this network on held-out images
+            (:mod:`unetgen.export.quantize`); refused, with nothing written, below ``thresholds``.
+        precision: ``"fp16"``: write a float16 file (for GPU runtimes), checked the same way; ``"int8"`` is
+            ``quantize="int8"``.
+        calibration: int8: the images to calibrate on: a folder, an ``.npy`` stack ``(N, C, *spatial)``, or a list
+            of arrays; one in five is held out for the check unless ``check_images`` are given.
+        check_images: the images to check a lower-precision file on (same forms).
+        thresholds: what the check must reach (:class:`~unetgen.export.quantize.Thresholds`, or a dict of its
+            fields): label agreement, Dice per class, output error.
 
     Returns:
         The report: path, opset, size rules, the checks and their errors.
@@ -282,6 +305,10 @@ def export_onnx(
     if heads and len(plan.heads) == 1:
         raise ExportError(f"{spec.name}: --heads exports the auxiliary heads of deep supervision, and this network "
                           "has none; set deep_supervision in the spec or leave --heads out")
+    request = make_request(spec, quantize=quantize, precision=precision, calibration=calibration,
+                           check_images=check_images, thresholds=thresholds)
+    if request is not None and not verify:
+        raise ExportError(f"--no-verify: a {request.precision} file is always checked against float32; leave it out")
     model = source if isinstance(source, UNet) else build(spec, input_size)
     started = time.perf_counter()
     was_training = model.training
@@ -304,7 +331,7 @@ def export_onnx(
             path=None, spec=spec, opset=opset, input_size=plan.input_size, batch=fixed, axes=axes,
             export_seconds=export_seconds, notes=_notes(source, plan, axes), heads=head_names(plan)[1:] if heads else (),
         )
-        return _check_and_write(model, onnx_model, report, target, verify, raise_on_failure)
+        return _check_and_write(model, onnx_model, report, target, verify, raise_on_failure, request)
     finally:
         model.train(was_training)
 
@@ -571,7 +598,8 @@ def _notes(source: Any, plan: Plan, axes: tuple[AxisRule, ...]) -> tuple[str, ..
 
 
 def _check_and_write(
-    model: UNet, onnx_model: Any, report: ExportReport, target: Path, verify: bool, raise_on_failure: bool
+    model: UNet, onnx_model: Any, report: ExportReport, target: Path, verify: bool, raise_on_failure: bool,
+    request: Any = None,
 ) -> ExportReport:
     """Stage the file beside ``target``, check it, and move it into place only if every check passed."""
     started = time.perf_counter()
@@ -605,10 +633,21 @@ def _check_and_write(
             if raise_on_failure:
                 raise ExportError("\n".join(f"{target}: check failed, nothing written: {e}" for e in errors))
             return done
+        if request is not None:  # the int8 or float16 file replaces the float32 one, once it is checked
+            fixed = (report.batch, report.input_size) if report.static else None
+            staged, lowered = lower_precision(model, staged, stage, request, report.plan, input_name=INPUT_NAME,
+                                              fixed=fixed)
+            done = dataclasses.replace(done, precision=request.precision, lowered=lowered, errors=lowered.errors,
+                                       verify_seconds=time.perf_counter() - started)
+            if lowered.errors:
+                if raise_on_failure:
+                    raise ExportError(refusal(target, lowered))
+                return done
+            data_name = None
         old_data = _external_files(target)
         data = target.parent / data_name if data_name is not None else None
         # new weights (under a new name) first, then the model that points at them
-        stage.commit(([(data_name, data)] if data is not None else []) + [(target.name, target)])
+        stage.commit(([(data_name, data)] if data is not None else []) + [(staged.name, target)])
     for stale in old_data:  # the previous export's weights (ours, by name): nothing points at them now
         if stale != data:
             with contextlib.suppress(OSError):

@@ -178,10 +178,12 @@ class OnnxRunner(Runner):
     def set_precision(self, precision: str) -> None:
         """An ONNX file runs at the precision it was exported at: refuse another."""
         super().set_precision(precision)
-        if precision != "fp32":
+        own = self.session.info.precision
+        if precision != own:
             raise UNetGenError(
                 f"{self.source}: precision {precision}: an ONNX file runs at the precision it was exported at "
-                "(fp32); give a torch checkpoint to run it in another, or export a quantized file"
+                f"({own}); give a torch checkpoint to run it in another, or export another file (unetgen export "
+                "--quantize int8 / --precision fp16)"
             )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

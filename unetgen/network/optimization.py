@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import hardware
+from ..hardware import missing_instructions
 from ..errors import UNetGenError
 from .unet import EncoderLevel, UNet, _is_exporting
 
@@ -308,7 +308,7 @@ def slow_precision(precision: str, device: torch.device | str = "cpu") -> str | 
             return f"{torch.cuda.get_device_name(device)} has no bfloat16 arithmetic (compute capability < 8.0)"
         return None
     if device.type == "cpu":
-        return hardware.missing_instructions(precision)
+        return missing_instructions(precision)
     return None  # other accelerators: their own business
 
 
