@@ -1,17 +1,14 @@
 """The training examples run: docs/training.md's sessions (train → predict → export → inspect, and the refusals) on
-the synthetic cells its first example writes, and the README's ``unetgen train`` line followed by its ``predict``
-line on the trained checkpoint."""
+the synthetic cells its first example writes."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_docs import blocks, check_session, run_cli
-from unetgen.training.synthetic import write_cells
+from test_docs import blocks, check_session
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "docs/training.md"
@@ -42,22 +39,3 @@ def workdir(tmp_path, monkeypatch):
 @pytest.mark.parametrize("block", SESSIONS, ids=[f"{b.page}:{b.line}" for b in SESSIONS])
 def test_the_pages_sessions(block, workdir, capsys):
     check_session(block, capsys)
-
-
-def test_the_readmes_train_line_then_its_predict_line(tmp_path, monkeypatch, capsys):
-    """The README's example, small: its train line on two synthetic images (one epoch, the paper network's smallest
-    patch), then its predict line on the checkpoint the run wrote."""
-    monkeypatch.chdir(tmp_path)
-    write_cells("cells", count=2, size=(64, 64), seed=0)
-    lines = [line.split("#")[0] for b in blocks("README.md") if b.lang == "bash" for line in b.text.splitlines()]
-    train = next(shlex.split(line) for line in lines if line.startswith("unetgen train"))
-    predict = next(shlex.split(line) for line in lines if line.startswith("unetgen predict"))
-    status, printed = run_cli(train[1:] + ["--epochs", "1", "--patch-size", "188"], capsys)
-    assert status == 0, printed
-    assert "network paper: patches 188×188 → 4×4, batch 1" in printed
-    out = train[train.index("--out") + 1]
-    predict[predict.index("--weights") + 1] = f"{out}/last.pt"
-    predict[predict.index("--input") + 1] = "cells/images/cells_000.png"
-    status, printed = run_cli(predict[1:], capsys)
-    assert status == 0, printed
-    assert Path(predict[predict.index("--output") + 1]).is_file()
