@@ -21,10 +21,12 @@ from .drawing.png import png_size, svg_to_png
 from .errors import SizeError, UNetGenError
 from .export.contract import DEFAULT_OPSET
 from .files import atomic_write, check_target
+from .planning.cost import estimate
 from .planning.plan import Plan, make_plan
+from .planning.training import checkpoint_levels
 from .spec.fields import UNetSpec, load_spec, preset_names
 from .spec.schema import schema_text
-from .summary import plan_json, render, size_report
+from .summary import plan_json, render, size_report, training_json, training_text
 from .text import size_text
 
 log = logging.getLogger("unetgen")
@@ -73,10 +75,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
     plan = _plan(spec, source, args.input_size)
     if args.save:
         check_target(args.save)
+    training = None
+    if args.train:
+        optimizer = None if args.optimizer == "none" else args.optimizer
+        levels = checkpoint_levels(plan, _levels(args.checkpoint))
+        training = estimate(plan, args.batch or 1, training=True, optimizer=optimizer, precision=args.precision,
+                            device=args.device, checkpoint=levels)
+    elif args.batch is not None or args.checkpoint is not None:
+        raise UNetGenError("--batch, --checkpoint: give --train (they size a training step)")
     if args.json:
-        print(json.dumps(plan_json(plan), indent=2))
+        data = plan_json(plan)
+        if training is not None:
+            data["training"] = training_json(plan, training)
+        print(json.dumps(data, indent=2))
     else:
         print(render(plan, source), end="")
+        if training is not None:
+            print(training_text(plan, training, optimizer, args.precision, args.device, levels), end="")
     if args.save:
         from .network.checkpoint import save
         from .network.unet import build
@@ -84,6 +99,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
         path = save(build(spec, args.input_size, seed=args.seed), args.save)
         print(f"saved {path} (spec + weights; load with unetgen.load)", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _levels(text: str | None) -> str | list[int] | None:
+    """``--checkpoint``: ``levels``, ``none`` or level numbers separated by commas."""
+    if text is None or text in ("levels", "all", "none"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UNetGenError(f"--checkpoint {text}: give 'levels' (every level) or level numbers like 0,1") from None
 
 
 def _cmd_draw(args: argparse.Namespace) -> int:
@@ -305,6 +330,20 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--json", action="store_true", help="print the plan as JSON")
     build.add_argument("--save", metavar="FILE", help="also build the network and save spec + weights to FILE")
     build.add_argument("--seed", type=int, metavar="N", help="with --save: make the initial weights deterministic")
+    train = build.add_argument_group(
+        "training memory", "the peak memory of one training step (weights, gradients, optimizer state, what autograd "
+        "saves, the backward pass), replayed from the plan; see docs/planning.md",
+    )
+    train.add_argument("--train", action="store_true", help="estimate one training step at the input size")
+    train.add_argument("--batch", type=_input_size, metavar="N", help="samples per step (default 1)")
+    train.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "none"), default="sgd",
+                       help="sgd (momentum: 1 buffer per weight), adam or adamw (2), none (default sgd)")
+    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="fp32, or autocast to bf16 or fp16 (default fp32)")
+    train.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                       help="where the step runs: dropout's mask, autocast's ops, the optimizer differ (default cuda)")
+    train.add_argument("--checkpoint", metavar="LEVELS",
+                       help="activation checkpointing: 'levels' (every level) or level numbers like 0,1")
     build.set_defaults(func=_cmd_build)
     sizes_cmd = commands.add_parser(
         "sizes",

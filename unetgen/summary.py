@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .planning.cost import estimate
+from .planning.cost import Cost, estimate, training_macs
 from .planning.field import Field, receptive_field
 from .planning.plan import Layer, Plan, default_input_size
 from .planning.sizes import Lattice
@@ -176,3 +176,38 @@ def _layer_json(layer: Layer) -> dict[str, Any]:
         if value or (key == "bias" and layer.kind in ("conv", "conv_transpose")):
             data[key] = [list(v) for v in value] if key in ("pads", "crop") else list(value) if isinstance(value, tuple) else value
     return data
+
+
+_PRECISION_WORDS = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+
+
+def training_text(plan: Plan, cost: Cost, optimizer: str | None, precision: str, device: str,
+                  checkpoint: Sequence[int] = ()) -> str:
+    """``unetgen build --train``'s lines: one training step's peak memory and its parts (:func:`estimate` with
+    ``training=True``), and its FLOPs."""
+    memory = cost.training
+    assert memory is not None
+    where = {"forward": "at the end of the forward pass", "backward": "in the backward pass",
+             "step": "in the optimizer's update"}[memory.phase]
+    levels = f", checkpointing levels {', '.join(map(str, checkpoint))}" if checkpoint else ""
+    lines = [
+        f"training step, batch {cost.batch}, {optimizer or 'no optimizer'}, {_PRECISION_WORDS[precision]}, on "
+        f"{device}{levels}: peak ≈ {human_bytes(memory.peak_bytes)} {where}",
+        f"  weights {human_bytes(memory.parameter_bytes)} · gradients {human_bytes(memory.gradient_bytes)} · "
+        f"optimizer state {human_bytes(memory.optimizer_bytes)} · input and targets {human_bytes(memory.input_bytes)}",
+        f"  saved for backward {human_bytes(memory.saved_bytes)} (what autograd keeps when the forward pass ends)",
+        f"  {2 * training_macs(plan) * cost.batch / 1e9:,.1f} GFLOP per step (forward and backward convolutions)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def training_json(plan: Plan, cost: Cost) -> dict[str, Any]:
+    """``unetgen build --train --json``'s ``training`` entry."""
+    memory = cost.training
+    assert memory is not None
+    return {
+        "batch": cost.batch, "peak_bytes": memory.peak_bytes, "phase": memory.phase,
+        "parameter_bytes": memory.parameter_bytes, "gradient_bytes": memory.gradient_bytes,
+        "optimizer_bytes": memory.optimizer_bytes, "input_bytes": memory.input_bytes,
+        "saved_bytes": memory.saved_bytes, "flops": 2 * training_macs(plan) * cost.batch,
+    }

@@ -1,6 +1,7 @@
-"""Plan → cost: the multiply-accumulates and the peak memory of an inference pass, read from the plan's layers.
+"""Plan → cost: the multiply-accumulates and the peak memory of a pass, read from the plan's layers.
 
-Pure integers. The memory rule is what eager PyTorch does with gradients off: each layer writes a new tensor unless
+Pure integers. A training step's memory is replayed by :mod:`unetgen.planning.training`; this module holds the
+inference rule. The memory rule is what eager PyTorch does with gradients off: each layer writes a new tensor unless
 it works in place (:attr:`~unetgen.planning.plan.Layer.in_place`: views, in-place activations, dropout in eval
 mode); a tensor is freed once the last layer that reads it — or holds it (:attr:`~unetgen.planning.plan.Layer.holds`)
 — has run, and never the input, which the caller keeps. ``tests/test_cost.py`` checks the figures against the
@@ -10,28 +11,37 @@ bytes of live tensors in real passes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .plan import IN_PLACE_ACTIVATIONS, Layer, Plan
+from .training import TrainingMemory, training_memory
 
-__all__ = ["IN_PLACE_ACTIVATIONS", "Cost", "estimate", "layer_macs"]
+__all__ = ["IN_PLACE_ACTIVATIONS", "Cost", "estimate", "layer_macs", "training_macs"]
 
 
 @dataclass(frozen=True)
 class Cost:
-    """What one inference pass of a plan costs.
+    """What one inference pass (or training step) of a plan costs.
 
     Attributes:
-        macs: multiply-accumulates of the convolutions for one sample (a FLOP count is twice this).
-        activation_bytes: peak bytes of the tensors alive at once during one pass, the input included.
+        macs: multiply-accumulates of the convolutions for one sample of an inference pass (a FLOP count is twice
+            this; a training step's are :func:`training_macs`).
+        activation_bytes: peak bytes of the tensors alive at once during one pass, the input included. For a
+            training step: everything at the step's peak besides the weights and the optimizer state (the input and
+            targets, activations, what autograd saved, gradients, temporaries).
         parameter_bytes: bytes of the weights (and norm buffers).
         batch: the batch size the memory figures are for.
+        optimizer_bytes: a training step's optimizer state (0 for inference).
+        training: a training step's figures in detail (None for inference).
     """
 
     macs: int
     activation_bytes: int
     parameter_bytes: int
     batch: int
+    optimizer_bytes: int = 0
+    training: TrainingMemory | None = None
 
     @property
     def flops(self) -> int:
@@ -40,8 +50,8 @@ class Cost:
 
     @property
     def peak_bytes(self) -> int:
-        """Weights plus the activation peak: what one pass needs in memory."""
-        return self.activation_bytes + self.parameter_bytes
+        """Weights (plus optimizer state) plus the activation peak: what one pass or step needs in memory."""
+        return self.activation_bytes + self.parameter_bytes + self.optimizer_bytes
 
 
 def layer_macs(layer: Layer) -> int:
@@ -77,17 +87,60 @@ def peak_activation_values(plan: Plan) -> int:
     return peak
 
 
-def estimate(plan: Plan, batch: int = 1, bytes_per_value: int = 4) -> Cost:
-    """Estimate the compute and memory of one inference pass of ``plan``.
+def training_macs(plan: Plan) -> int:
+    """Multiply-accumulates of one training step for one sample: the forward pass (auxiliary heads included), then
+    for each convolution its weights' gradient (as many as its forward) and its input's gradient (as many again,
+    except where its input needs none: the network's input)."""
+    total = 0
+    for layer in plan.layers:
+        macs = layer_macs(layer)
+        total += 2 * macs if layer.inputs[0] in ("input", "pad_input") else 3 * macs
+    return total
+
+
+def estimate(
+    plan: Plan,
+    batch: int = 1,
+    bytes_per_value: int = 4,
+    *,
+    training: bool = False,
+    optimizer: str | None = "sgd",
+    precision: str = "fp32",
+    device: str = "cuda",
+    checkpoint: str | Sequence[int] | None = None,
+) -> Cost:
+    """Estimate the compute and memory of one inference pass of ``plan``, or of one training step.
 
     Args:
-        plan: the network at an input size.
+        plan: the network at an input size (for training: the patch size).
         batch: samples per pass (memory scales with it; ``macs`` is per sample).
-        bytes_per_value: 4 for float32, 2 for half precision.
+        bytes_per_value: inference: 4 for float32, 2 for half precision.
+        training: estimate one training step instead (:mod:`unetgen.planning.training`): weights, gradients,
+            optimizer state, what autograd saves and the backward pass's peak.
+        optimizer: training: ``sgd`` (with momentum), ``adam``, ``adamw``, or None (no state, no update).
+        precision: training: ``fp32``, or autocast to ``bf16`` or ``fp16``.
+        device: training: ``cuda`` or ``cpu`` (dropout's mask, autocast's op lists and the optimizer's
+            implementation differ).
+        checkpoint: training: levels run under activation checkpointing (``"levels"`` for every level, or level
+            numbers), as :func:`unetgen.network.recompute.checkpoint_levels` runs them.
 
     Returns:
         The :class:`Cost`.
+
+    Raises:
+        UNetGenError: for an unknown optimizer, precision or device, or a level the network does not have.
     """
+    if training:
+        memory = training_memory(plan, batch, optimizer=optimizer, precision=precision, device=device,
+                                 checkpoint=checkpoint)
+        return Cost(
+            macs=sum(layer_macs(layer) for layer in plan.main_layers),
+            activation_bytes=memory.peak_bytes - memory.parameter_bytes - memory.optimizer_bytes,
+            parameter_bytes=memory.parameter_bytes,
+            batch=batch,
+            optimizer_bytes=memory.optimizer_bytes,
+            training=memory,
+        )
     layers = plan.main_layers
     # Batch norm keeps a running mean and variance (approximated as two values per level's width).
     norm_buffers = 0
