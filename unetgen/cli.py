@@ -226,7 +226,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     layout_words = "" if image.channels_last and args.channels is None else f", channels {channels}"
     print(f"read {args.input}: {image.words}{layout_words} → input {size_text(pixels.shape)}")
     channels_in, channels_out = layout.plan.input_shape[0], layout.plan.output_shape[0]
-    print(f"network {spec.name} from {runner.source}: {channels_in} → {channels_out} channels")
+    precision = "" if runner.precision == "fp32" else f" ({runner.precision})"
+    print(f"network {spec.name} from {runner.source}{precision}: {channels_in} → {channels_out} channels")
     print(f"tiles: {layout.describe()}")
     started = time.perf_counter()
     result = predict(runner, image.pixels, channels=channels, output="logits" if args.logits else "labels",

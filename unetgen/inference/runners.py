@@ -48,6 +48,7 @@ class Runner:
     fixed: tuple[int, tuple[int, ...]] | None = None
     whole: bool = False
     intensity: dict[str, Any] | None = None
+    precision: str = "fp32"  # what it runs in, for messages: fp32 (or the network's own), bf16, fp16, int8
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -110,6 +111,7 @@ class TorchRunner(Runner):
             log.warning("%s: %s would run slower than fp32 here (%s): running fp32", self.source, precision, reason)
             precision = "fp32"
         self.dtype = _PRECISION_NAMES[precision]
+        self.precision = precision
 
     @property
     def weight_bytes(self) -> int:
@@ -169,6 +171,7 @@ class OnnxRunner(Runner):
         self.spec = info.spec
         self.source = str(info.path)
         self.intensity = info.intensity
+        self.precision = info.precision
         if info.static:
             self.fixed = (int(info.batch), tuple(info.export_size))
 
