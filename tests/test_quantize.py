@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import unetgen
@@ -60,7 +61,9 @@ def test_an_int8_file_is_calibrated_checked_recorded_and_run(model, cells, tmp_p
     # the file: QDQ operators of the standard domain only, the metadata of a unetgen file plus the three new keys
     proto = onnx.load(str(path))
     kinds = {node.op_type for node in proto.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= kinds
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= kinds and "ConvTranspose" not in kinds
+    dequantized = {out for node in proto.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    assert not [node.name for node in proto.graph.node if node.op_type == "Shape" and node.input[0] in dequantized]
     assert {entry.domain for entry in proto.opset_import} <= {"", "ai.onnx"}
     props = {entry.key: entry.value for entry in proto.metadata_props}
     assert props[META_PRECISION] == "int8"
@@ -193,3 +196,34 @@ def test_a_3d_network_stays_float32_with_one_line_saying_why(caplog):
     (line,) = [r.getMessage() for r in caplog.records]
     assert line == ("int8: onnxruntime has no fast int8 kernel for 3D convolutions (its QLinearConv runs 3D maps "
                     "slower than its float32 Conv: benchmarks/README.md); writing float32 instead")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_an_up_convolution_becomes_a_1x1_convolution_and_a_pixel_shuffle(dims):
+    # the same products and sums in an order onnxruntime runs in int8 (it has no int8 ConvTranspose)
+    h = onnx.helper
+    generator = np.random.default_rng(0)
+    kernel = [2] * dims
+    weight = generator.standard_normal((6, 4, *kernel)).astype(np.float32)
+    bias = generator.standard_normal(4).astype(np.float32)
+    size = [5, 7, 3][:dims]
+    graph = h.make_graph(
+        [h.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=kernel, kernel_shape=kernel)], "up",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 6, *(f"s{i}" for i in range(dims))])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4, *(f"t{i}" for i in range(dims))])],
+        [onnx.numpy_helper.from_array(weight, "w"), onnx.numpy_helper.from_array(bias, "b")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    x = generator.standard_normal((2, 6, *size)).astype(np.float32)
+
+    def run(proto: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    expected = run(model)
+    assert quantize.up_convolutions_as_convolutions(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert [node.op_type for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")] == ["Conv"]
+    got = run(model)
+    assert got.shape == (2, 4, *(2 * s for s in size))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
