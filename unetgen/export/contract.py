@@ -49,10 +49,15 @@ def output_name(plan: Plan) -> str:
 
 
 def head_names(plan: Plan) -> tuple[str, ...]:
-    """The graph outputs of a file exported with every head: the main output, then ``<output>_level<l>`` for each
-    auxiliary head of deep supervision, highest resolution first."""
-    levels = [layer.name.split(".")[1] for layer in plan.heads[1:]]
-    return (output_name(plan), *(f"{output_name(plan)}_level{level}" for level in levels))
+    """The graph outputs of a file exported with every head: the main output, then one per auxiliary head of deep
+    supervision in the plan's order: ``<output>_level<l>`` for decoder level ``l``'s head, ``<output>_column<j>`` for
+    UNet++'s top-row node X(0, j)."""
+    main = output_name(plan)
+    names = [main]
+    for layer in plan.heads[1:]:
+        parts = layer.name.split(".")  # decoder.<l>.head, or nested.0.<j>.head
+        names.append(f"{main}_column{parts[2]}" if parts[0] == "nested" else f"{main}_level{parts[1]}")
+    return tuple(names)
 
 
 def output_mode(plan: Plan) -> str:

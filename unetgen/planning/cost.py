@@ -142,10 +142,8 @@ def estimate(
             training=memory,
         )
     layers = plan.main_layers
-    # Batch norm keeps a running mean and variance (approximated as two values per level's width).
-    norm_buffers = 0
-    if any(layer.kind == "norm" and layer.mode == "batch" for layer in layers):
-        norm_buffers = 2 * sum(block.shape[0] for block in plan.blocks if block.name.startswith(("encoder.", "bottleneck")))
+    # Each batch norm keeps a running mean and variance (and a step counter, one value more).
+    norm_buffers = sum(2 * layer.shape[0] + 1 for layer in plan.layers if layer.kind == "norm" and layer.mode == "batch")
     return Cost(
         macs=sum(layer_macs(layer) for layer in layers),
         activation_bytes=peak_activation_values(plan) * batch * bytes_per_value,
