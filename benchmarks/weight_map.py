@@ -2,9 +2,9 @@
 
 Both arms train the same network (valid convolutions, He initialisation, dropout at the end of the contracting
 path; ``SPEC`` below) on the same synthetic data set of touching and overlapping cells
-(:mod:`unetgen.training.synthetic`), with the paper's recipe (SGD, momentum 0.99, one patch per step, elastic
-deformations): one with the weighted cross-entropy of the paper's weight map (w0 = 10, σ = 5 px, from the instance
-labels), one with plain cross-entropy. Nothing else differs: seeds, data order, patches and augmentation are the same.
+(:mod:`unetgen.training.synthetic`), with the paper's recipe (SGD, momentum 0.99, lr 0.003, one patch per step,
+elastic deformations): one with the weighted cross-entropy of the paper's weight map (w0 = 10, σ = 5 px, from the
+instance labels), one with plain cross-entropy. Nothing else differs: seeds, data order, patches and augmentation are the same.
 Each trained network segments held-out images with ``unetgen.predict``; the connected components of its foreground
 are its cells. Reported per arm and seed:
 
@@ -87,7 +87,11 @@ def _arm(args: argparse.Namespace) -> None:
         loss="weighted-ce" if args.arm == "weight map" else "ce", patch_size=(args.patch,),
         patches_per_image=args.patches, lr=args.lr,
     )
-    result = unetgen.train(config)
+    try:
+        result = unetgen.train(config)
+    except unetgen.UNetGenError as exc:  # a run that diverged: reported as such
+        print(json.dumps({"arm": args.arm, "seed": args.seed, "failed": str(exc)}))
+        return
     seconds = time.perf_counter() - started
     model = unetgen.load(Path(args.out) / "last.pt")
     scores = InstanceScores(0, 0, 0, 0, 0)
@@ -117,7 +121,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40, help="epochs (default 40)")
     parser.add_argument("--patches", type=int, default=4, help="patches per image per epoch (default 4)")
     parser.add_argument("--patch", type=int, default=180, help="input patch size (default 180 → 92 out)")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    parser.add_argument("--lr", type=float, help="SGD learning rate (default: the paper recipe's, 0.003)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once (default 2)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
@@ -149,11 +153,15 @@ def main() -> None:
                 arm, seed = pending.pop(0)
                 command = [sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--data", str(root),
                            "--out", str(root / f"run-{arm.replace(' ', '-')}-{seed}"), "--epochs", str(args.epochs),
-                           "--patches", str(args.patches), "--patch", str(args.patch), "--lr", str(args.lr)]
+                           "--patches", str(args.patches), "--patch", str(args.patch)]
+                command += ["--lr", str(args.lr)] if args.lr is not None else []
                 active.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env))
             done = active.pop(0)
             out, _ = done.communicate()
             if done.returncode != 0:
+                for other in active:  # the data folder goes away with this process: stop them first
+                    other.terminate()
+                    other.wait()
                 raise SystemExit(f"an arm failed (exit {done.returncode})")
             results.append(json.loads(out.strip().splitlines()[-1]))
         machine["load average after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -166,17 +174,23 @@ def main() -> None:
     print("| loss | seed | AP@0.5 | touching pairs split | pixel Dice | cells true / predicted | final loss | "
           "training time |")
     print("|---|---|---|---|---|---|---|---|")
+    failed = [r for r in results if "failed" in r]
+    results = [r for r in results if "failed" not in r]
+    for row in failed:
+        print(f"| {row['arm']} | {row['seed']} | {row['failed']} | | | | | |")
     for row in sorted(results, key=lambda r: (r["arm"] != "weight map", r["seed"])):
         print(f"| {row['arm']} | {row['seed']} | {row['ap50']:.3f} | {row['split']:.3f} ({row['split_pairs']}/"
               f"{row['touching_pairs']}) | {row['dice']:.3f} | {row['true_cells']} / {row['predicted_cells']} | "
               f"{row['final_loss']:.4f} | {row['train_seconds']:.0f} s |")
     for arm in ("weight map", "plain"):
         mine = [r for r in results if r["arm"] == arm]
+        if not mine:
+            continue
         mean = {key: sum(r[key] for r in mine) / len(mine) for key in ("ap50", "split", "dice")}
         print(f"| **{arm}, mean** | | **{mean['ap50']:.3f}** | **{mean['split']:.3f}** | **{mean['dice']:.3f}** "
               "| | | |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "settings": settings, "results": results},
+        Path(args.json).write_text(json.dumps({"machine": machine, "settings": settings, "results": results + failed},
                                               indent=1) + "\n")
 
 

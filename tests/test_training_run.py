@@ -66,7 +66,7 @@ def test_train_then_predict_and_export(cells, tmp_path, capsys):
     lines = printed.splitlines()
     assert lines[0] == "data: 3 training images (64×64), 2 for validation (--val-fraction 0.4)"
     assert lines[1].startswith("network small: patches 104×104 → 64×64, batch 1; one pass about ")
-    assert lines[2].startswith("recipe paper: SGD momentum 0.99, lr 0.01; weighted cross-entropy (weight map w0 10, "
+    assert lines[2].startswith("recipe paper: SGD momentum 0.99, lr 0.003; weighted cross-entropy (weight map w0 10, "
                                "σ 5 px); augmentation: elastic deformations, shifts, rotations, grey values; "
                                "intensities: z-score per image and channel; 2 epochs on cpu (fp32)")
     assert lines[3].startswith("epoch 1/2: loss ") and ", validation Dice " in lines[3]
@@ -221,7 +221,7 @@ def test_ctrl_c_in_the_command_saves_and_exits_130(cells, tmp_path, capsys, monk
     assert status == 0, err
     assert "resuming" in printed and "epoch 1/1: loss" in printed
     status, printed, err = run_cli(base(cells, str(out)) + ["--lr", "0.5", "--resume"], capsys)
-    assert status == 2 and err == (f"unetgen: error: --lr 0.5: the run in {out} was started with 0.01; a resumed run "
+    assert status == 2 and err == (f"unetgen: error: --lr 0.5: the run in {out} was started with 0.003; a resumed run "
                                    "keeps its settings (leave the option out, or start a new run in another folder)\n")
 
 

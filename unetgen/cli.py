@@ -559,7 +559,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="patches per step, per process (default: the recipe's, paper 1, modern 2)")
     train_cmd.add_argument("--patch-size", nargs="+", type=_input_size, metavar="N",
                            help="the input patch, on the network's lattice (default: the largest that fits)")
-    train_cmd.add_argument("--lr", type=float, metavar="LR", help="learning rate (default: sgd 0.01, adam 3e-4)")
+    train_cmd.add_argument("--lr", type=float, metavar="LR",
+                           help="learning rate (default: sgd 0.003, adam 3e-4, sgd-poly 0.01)")
     train_cmd.add_argument("--seed", type=int, metavar="N",
                            help="seed of the weights, data order, augmentation, dropout (default 0)")
     train_cmd.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last.pt")

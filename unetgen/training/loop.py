@@ -48,7 +48,7 @@ from .distributed import World, anyone, join, leave, total, wait
 from .intensity import Intensity, fit_intensity
 from .loss import Objective
 from .metrics import Overlap, foreground_mean
-from .optimizers import learning_rate, make_optimizer
+from .optimizers import clip_norm, learning_rate, make_optimizer
 from .records import write_curves, write_log
 from .sampling import PatchShape, draw_patch
 from .weight_map import weight_map
@@ -461,6 +461,10 @@ class _Trainer:
             outputs = self.net(x)
         loss = self.objective(outputs, labels, weights)
         self.scaler.scale(loss).backward()
+        clip = clip_norm(str(config.optimizer))
+        if clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach())
