@@ -65,7 +65,7 @@ def test_train_then_predict_and_export(cells, tmp_path, capsys):
     assert status == 0, err
     lines = printed.splitlines()
     assert lines[0] == "data: 3 training images (64×64), 2 for validation (--val-fraction 0.4)"
-    assert lines[1].startswith("network small: patches 104×104 → 64×64, batch 1; one pass about ")
+    assert lines[1].startswith("network small: patches 104×104 → 64×64, batch 1; one step about ")
     assert lines[2].startswith("recipe paper: SGD momentum 0.99, lr 0.003; weighted cross-entropy (weight map w0 10, "
                                "σ 5 px); augmentation: elastic deformations, shifts, rotations, grey values; "
                                "intensities: z-score per image and channel; 2 epochs on cpu (fp32)")
@@ -151,9 +151,9 @@ def test_a_batch_that_cannot_fit_is_refused(cells, tmp_path, capsys):
     unetgen.set_memory_limit("4MiB")
     status, printed, err = run_cli(base(cells, str(tmp_path / "run")) + ["--batch-size", "8"], capsys)
     assert status == 2
-    assert err.startswith("unetgen: error: --batch-size 8 --patch-size 104 104: one pass alone needs about ")
-    assert err.endswith("more than the memory limit of 4.0 MiB (a training step needs more still); use a smaller "
-                        "--batch-size or --patch-size\n") and err.count("\n") == 1
+    assert err.startswith("unetgen: error: --batch-size 8 --patch-size 104 104: one training step needs about ")
+    assert err.endswith("more than the memory limit of 4.0 MiB; use a smaller --batch-size or --patch-size\n")
+    assert err.count("\n") == 1
 
 
 def config(cells: Path, out: Path, **changes) -> TrainConfig:

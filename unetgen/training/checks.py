@@ -90,21 +90,26 @@ def check_batch_norm(plan: Plan, batch: int) -> None:
             )
 
 
-def check_memory(plan: Plan, batch: int, device: str) -> int:
-    """Refuse a batch whose step cannot fit: the device's memory (a GPU's, or the memory limit on the CPU) against
-    the estimate of one pass at the patch size.
+def check_memory(plan: Plan, batch: int, device: str, optimizer: str, precision: str) -> int:
+    """Refuse a batch whose training step cannot fit: the plan's estimate of one step (:func:`unetgen.estimate`
+    with ``training=True``: weights, gradients, the optimizer's state, what autograd keeps for the backward pass and
+    the backward pass's peak) against the device's memory (a GPU's, or the memory limit on the CPU).
 
-    The estimate is the plan's inference pass (:func:`unetgen.estimate`: weights and the peak of live activations):
-    a training step keeps more (every activation for the backward pass, gradients, the optimizer's state), so this
-    refuses only what certainly cannot fit.
+    Args:
+        plan: the core's plan at the patch size.
+        batch: patches per step (per process).
+        device: ``cpu`` or ``cuda``.
+        optimizer: ``sgd``, ``adam`` or ``sgd-poly`` (the state each keeps).
+        precision: ``fp32``, ``bf16`` or ``fp16``.
 
     Returns:
-        The estimate, in bytes.
+        The estimate of one step's peak, in bytes.
 
     Raises:
         ResourceError: naming the estimate, the memory and the fix.
     """
-    cost = estimate(plan, batch=batch)
+    cost = estimate(plan, batch=batch, training=True, optimizer="adam" if optimizer == "adam" else "sgd",
+                    precision=precision, device=device)
     if device == "cuda":
         limit = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
         where = f"the GPU's {human_bytes(limit)}"
@@ -113,9 +118,8 @@ def check_memory(plan: Plan, batch: int, device: str) -> int:
         where = f"the memory limit of {human_bytes(limit)}"
     if limit and cost.peak_bytes > limit:
         raise ResourceError(
-            f"--batch-size {batch} --patch-size {' '.join(map(str, plan.input_size))}: one pass alone needs about "
-            f"{human_bytes(cost.peak_bytes)}, more than {where} (a training step needs more still); use a smaller "
-            "--batch-size or --patch-size"
+            f"--batch-size {batch} --patch-size {' '.join(map(str, plan.input_size))}: one training step needs about "
+            f"{human_bytes(cost.peak_bytes)}, more than {where}; use a smaller --batch-size or --patch-size"
         )
     return cost.peak_bytes
 

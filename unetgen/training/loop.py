@@ -102,7 +102,7 @@ class Setup:
         val: the validation samples (as read: ``predict`` normalises them as it will after training).
         intensity: the normalisation.
         state: the state to resume from (``last.pt``'s), or None.
-        estimate: the memory estimate of one pass (bytes).
+        estimate: the memory estimate of one training step (bytes).
     """
 
     config: TrainConfig
@@ -138,7 +138,7 @@ class Setup:
         lines = [
             f"data: {len(self.train)} training images ({shown}){held}",
             f"network {self.spec.name}: patches {size_text(self.shape.window)} → {size_text(self.shape.out)}, batch "
-            f"{c.batch_size}{processes}; one pass about {human_bytes(self.estimate)}",
+            f"{c.batch_size}{processes}; one step about {human_bytes(self.estimate)}",
             f"recipe {c.recipe}: {optimizer}, lr {c.lr:g}; {loss}; augmentation: {augment}; intensities: "
             f"{self.intensity.describe()}; {c.epochs} epoch{'s' if c.epochs != 1 else ''} on {c.device} "
             f"({c.precision})",
@@ -182,7 +182,7 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     plan = patch_plan(spec, [s.size for s in train], config.patch_size)
     batch = int(config.batch_size or 1)
     check_batch_norm(plan, batch)
-    estimate = check_memory(plan, batch, config.device)
+    estimate = check_memory(plan, batch, config.device, str(config.optimizer), config.precision)
     intensity = fit_intensity(config.normalization, [s.pixels for s in train], [s.labels for s in train])
     for sample in train:
         sample.pixels = intensity.apply(sample.pixels)
