@@ -261,3 +261,22 @@ def test_variants_train_and_predict(cells, tmp_path, spec, changes):
         Image.open(cells / "cells/images/cells_000.png"))
     labels = unetgen.predict(model, sample, output="labels")
     assert labels.shape == sample.shape
+
+
+def test_validation_folders_and_colour_images(cells, tmp_path):
+    # RGB images (three channels, 8-bit, channels last as the files store them) with validation from other folders
+    for part in ("images", "masks"):
+        (tmp_path / part).mkdir()
+    for path in sorted((cells / "cells/images").iterdir())[:3]:
+        grey = np.asarray(Image.open(path)).astype(np.int32)
+        rgb = np.stack([grey, 255 - grey, grey // 2], axis=-1).astype(np.uint8)
+        Image.fromarray(rgb).save(tmp_path / "images" / path.name)
+        (tmp_path / "masks" / path.name).write_bytes((cells / "cells/masks" / path.name).read_bytes())
+    (tmp_path / "rgb.yaml").write_text("depth: 3\nwidth: 4\nin_channels: 3\n")
+    result = train(TrainConfig(spec=str(tmp_path / "rgb.yaml"), images=str(tmp_path / "images"),
+                               masks=str(tmp_path / "masks"), val_images=str(tmp_path / "images"),
+                               val_masks=str(tmp_path / "masks"), out=str(tmp_path / "run"), epochs=1,
+                               normalization="percentile"))
+    assert {"dice_0", "dice_1", "iou_1"} <= set(result.rows[0])
+    intensity = unetgen.load(result.best).intensity
+    assert intensity["method"] == "percentile" and len(intensity["mean"]) == 3
