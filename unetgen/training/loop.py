@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import resource
 import signal
 import sys
 import threading
@@ -31,6 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+try:  # the peak resident memory in the log; Unix only
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 from ..errors import CheckpointError, UNetGenError
 from ..inference.predict import predict
@@ -529,6 +533,8 @@ class _Trainer:
             peak = torch.cuda.max_memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return int(peak)
+        if resource is None:  # not on Unix
+            return 0
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def _result(self, interrupted: bool) -> TrainResult:
