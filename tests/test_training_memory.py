@@ -11,7 +11,7 @@ import torch
 import unetgen
 from unetgen.cli import main
 from unetgen.network.measure import LiveBytes, random_targets, training_step_peak
-from unetgen.network.recompute import checkpoint_levels
+from unetgen.network.recompute import checkpoint_levels, checkpointed_levels
 from unetgen.planning.training import training_memory
 
 U = unetgen.UNetSpec
@@ -160,3 +160,37 @@ def test_build_train_command(capsys):
     assert exit_.value.code == 2 and "invalid choice: 'lion'" in capsys.readouterr().err
     assert main(["build", "paper", "--batch", "2"]) == 2
     assert "give --train" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("levels", ["levels", [0], [1, 3]])
+def test_checkpointing_follows_the_estimate(levels):
+    spec = U(width=4, depth=4, downsampling="conv", padding="same", encoder_blocks=[1, 2, 2, 3], decoder_convs=1,
+             norm="instance", activation="leaky_relu", deep_supervision=2, dropout=0.2, dropout_at="every_level")
+    replayed, measured = _measure(spec, (32, 32), checkpoint=levels)
+    assert replayed == pytest.approx(measured, rel=TOLERANCE)
+    plan = unetgen.make_plan(spec, (32, 32))
+    assert unetgen.estimate(plan, 2, training=True, checkpoint=levels).peak_bytes < unetgen.estimate(
+        plan, 2, training=True).peak_bytes
+
+
+def test_checkpointed_levels_compute_the_same_step():
+    spec = U(width=4, depth=3, padding="same", norm="instance", dropout=0.3, dropout_at="every_level")
+    plain, wrapped = unetgen.build(spec, seed=0), unetgen.build(spec, seed=0)
+    keys = list(wrapped.state_dict())
+    assert checkpoint_levels(wrapped, [0, 2]) is wrapped and checkpointed_levels(wrapped) == (0, 2)
+    assert list(wrapped.state_dict()) == keys  # names, checkpoints and export are unaffected
+    x = torch.randn(2, 1, 32, 32)
+    grads = []
+    for model in (plain, wrapped):
+        torch.manual_seed(1)  # the same dropout masks: checkpointing replays the random state
+        model.train()(x).square().mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # inference: nothing to recompute
+        torch.testing.assert_close(plain.eval()(x), wrapped.eval()(x))
+    with pytest.raises(unetgen.UNetGenError, match="5 is not a level; the network has levels 0 to 2"):
+        checkpoint_levels(wrapped, [0, 5])
+    plan = unetgen.make_plan(spec, (32, 32))
+    with pytest.raises(unetgen.UNetGenError, match="checkpoint 'encoder'"):
+        unetgen.estimate(plan, training=True, checkpoint="encoder")
