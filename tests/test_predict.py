@@ -20,6 +20,7 @@ from unetgen.inference.images import read_image, write_result
 from unetgen.inference.predict import predict
 from unetgen.inference.runners import Runner
 from unetgen.inference.tiling import plan_tiles, reflect
+from unetgen.planning.budget import budgeted_bytes
 
 
 def twins(spec: unetgen.UNetSpec, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -213,14 +214,18 @@ def test_tile_size_from_the_memory_budget():
     spec = unetgen.preset("paper")
     budget = 600 * 2**20
     layout = plan_tiles(spec, (4096, 4096), memory=budget)
-    assert layout.peak_bytes == unetgen.estimate(layout.plan, batch=layout.batch).peak_bytes <= budget
+    cost = unetgen.estimate(layout.plan, batch=layout.batch)
+    assert layout.estimate_bytes == cost.peak_bytes
+    # the budget holds in measured memory: the estimate with the measured overhead (issue 15)
+    assert layout.peak_bytes == budgeted_bytes(layout.plan, cost) <= budget
+    assert layout.peak_bytes > cost.peak_bytes
     window = layout.window[0]
     assert unetgen.plan(spec).lattices[0].contains(window)
     # the largest lattice tile that fits: one step more does not (before shrinking to the fewest tiles)
     count = layout.axes[0].count
     assert math.ceil(4096 / layout.out[0]) <= count
-    bigger = unetgen.estimate(unetgen.plan(spec, [window + 16 * count] * 2)).peak_bytes
-    assert bigger > budget
+    bigger = unetgen.plan(spec, [window + 16 * count] * 2)
+    assert budgeted_bytes(bigger, unetgen.estimate(bigger)) > budget
     # tiled peak memory does not grow with the image
     assert plan_tiles(spec, (8192, 8192), memory=budget).peak_bytes <= budget
     with pytest.raises(unetgen.ResourceError, match="smallest tile .* more than the memory budget"):
@@ -433,7 +438,7 @@ def test_tiles_so_small_they_are_mostly_border_are_warned_about(caplog):
     model = unetgen.build(spec, seed=0)
     image = IMAGE[:100, :120]
     with caplog.at_level("WARNING", logger="unetgen"):
-        predict(model, image, memory="100KiB")
+        predict(model, image, memory="150KiB")
     (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
     assert "each image pixel goes through the network" in record.getMessage()
     assert "a larger memory budget (--memory, memory=)" in record.getMessage()

@@ -27,7 +27,8 @@ tile it is given, so its tiles (``whole=True``) are any size, lie over the image
 neighbours the pixels whose input window reaches the tile's edge.
 
 All sizes come from the plan's lattices (``first``, ``step``, ``border`` per axis); tile sizes are chosen from the
-plan's memory estimate (:func:`unetgen.estimate`).
+plan's memory estimate (:func:`unetgen.estimate`) with the overhead a process adds to it, measured
+(:func:`unetgen.planning.budget.budgeted_bytes`), so that a budget holds in measured memory.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from itertools import product
 
 from ..errors import ResourceError, SizeError, UNetGenError
+from ..planning.budget import budgeted_bytes
 from ..planning.cost import estimate
 from ..planning.field import Mode, edge_margins, stitching
 from ..planning.limits import memory_limit, parse_bytes
@@ -152,8 +154,10 @@ class TileLayout:
         batch: tiles per pass.
         plan: the plan of what runs on one tile: the network's core at the tile size (the whole network for
             ``whole`` tiles).
-        peak_bytes: the estimated memory of one pass over ``batch`` tiles (weights + activations, float32).
+        peak_bytes: the memory one pass over ``batch`` tiles takes against the budget: the weights plus the
+            activations with the measured overhead (:func:`~unetgen.planning.budget.budgeted_bytes`; float32).
         budget: the memory budget the tile size and batch were chosen for.
+        estimate_bytes: the plan's estimate of that pass, live tensors only (weights + activations).
     """
 
     spec: UNetSpec
@@ -164,6 +168,7 @@ class TileLayout:
     plan: Plan
     peak_bytes: int
     budget: int
+    estimate_bytes: int = 0
 
     @property
     def count(self) -> int:
@@ -191,7 +196,8 @@ class TileLayout:
         how = "exact stitching" if self.mode == "exact" else "blended with a raised-cosine window"
         return (
             f"{tiles} of {size_text(self.window)} → {size_text(self.out)}, {self.batch} per pass, {how}; "
-            f"about {human_bytes(self.peak_bytes)} per pass (budget {human_bytes(self.budget)})"
+            f"about {human_bytes(self.peak_bytes)} per pass with the measured overhead (budget "
+            f"{human_bytes(self.budget)})"
         )
 
 
@@ -288,7 +294,9 @@ def plan_tiles(
     """Lay out the tiles that segment an image of ``image_size``.
 
     Without ``tile_size``, the tile is the largest (grown along every axis together) whose pass fits the memory
-    budget by :func:`unetgen.estimate`; along each axis it is then shrunk to the smallest size that needs no more
+    budget by :func:`unetgen.estimate` with the measured overhead (:func:`~unetgen.planning.budget.budgeted_bytes`:
+    the weights, :data:`~unetgen.planning.budget.INFERENCE_OVERHEAD` × the activations, and the largest layer's
+    weights once more); along each axis it is then shrunk to the smallest size that needs no more
     tiles, so that tiles overlap no more than they must. An image that fits one pass is one tile: the reference
     pass itself.
 
@@ -351,7 +359,8 @@ def plan_tiles(
     budget = budget_bytes(memory)
 
     def pass_bytes(window: tuple[int, ...], batch: int = 1) -> int:
-        return estimate(plan_at(window), batch=batch).peak_bytes
+        plan = plan_at(window)
+        return budgeted_bytes(plan, estimate(plan, batch=batch))
 
     if tile_size is not None:
         wanted = (tile_size,) * dims if isinstance(tile_size, int) else tuple(tile_size)
@@ -400,9 +409,10 @@ def plan_tiles(
     else:
         batch = min(batch_size, count)
     plan = plan_at(window)
+    cost = estimate(plan, batch=batch)
     return TileLayout(
         spec=spec, image_size=size, mode=mode, axes=axes, batch=batch, plan=plan,
-        peak_bytes=estimate(plan, batch=batch).peak_bytes, budget=budget,
+        peak_bytes=budgeted_bytes(plan, cost), budget=budget, estimate_bytes=cost.peak_bytes,
     )
 
 

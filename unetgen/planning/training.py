@@ -100,6 +100,7 @@ class TrainingMemory:
         peak_bytes: the most bytes alive at once during the step.
         phase: where the peak is: ``forward`` (with the loss), ``backward`` or ``step``.
         phase_peaks: the peak of each phase.
+        device: where the step runs (``cuda`` or ``cpu``).
     """
 
     parameter_bytes: int
@@ -110,6 +111,7 @@ class TrainingMemory:
     peak_bytes: int
     phase: str
     phase_peaks: dict[str, int] = field(default_factory=dict)
+    device: str = "cuda"
 
 
 def check_training_options(optimizer: str | None, precision: str, device: str) -> None:
@@ -805,7 +807,7 @@ def training_memory(
     phase = max(peaks, key=lambda p: peaks[p])
     return TrainingMemory(
         parameter_bytes=weights, gradient_bytes=gradients, optimizer_bytes=state, input_bytes=inputs,
-        saved_bytes=saved, peak_bytes=peaks[phase], phase=phase, phase_peaks=peaks,
+        saved_bytes=saved, peak_bytes=peaks[phase], phase=phase, phase_peaks=peaks, device=device,
     )
 
 
