@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=4, help="patches per image per epoch (default 4)")
     parser.add_argument("--patch", type=int, default=180, help="input patch size (default 180 → 92 out)")
     parser.add_argument("--lr", type=float, help="SGD learning rate (default: the paper recipe's, 0.003)")
+    parser.add_argument("--gap", type=int, default=2, choices=(1, 2),
+                        help="the masks' border between touching cells, pixels (default 2)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once (default 2)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
@@ -140,8 +142,9 @@ def main() -> None:
     machine = _machine()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        write_cells(root / "train", count=args.train, size=(args.size, args.size), seed=100, prefix="train")
-        write_cells(root / "test", count=args.test, size=(args.size, args.size), seed=200, prefix="test")
+        size = (args.size, args.size)
+        write_cells(root / "train", count=args.train, size=size, seed=100, prefix="train", gap=args.gap)
+        write_cells(root / "test", count=args.test, size=size, seed=200, prefix="test", gap=args.gap)
         (root / "cells.yaml").write_text(SPEC)
         runs = [(arm, seed) for seed in args.seeds for arm in ("weight map", "plain")]
         pending, results = list(runs), []
@@ -167,7 +170,7 @@ def main() -> None:
         machine["load average after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         machine["wall time"] = f"{time.perf_counter() - started:.0f} s"
     settings = {key: getattr(args, key) for key in ("train", "test", "size", "epochs", "patches", "patch", "lr",
-                                                   "seeds")}
+                                                   "gap", "seeds")}
     print(f"machine: {json.dumps(machine)}")
     print(f"settings: {json.dumps(settings)}")
     print()

@@ -45,6 +45,7 @@ def make_cells(
     radius: tuple[float, float] = (6.0, 12.0),
     cluster: float = 0.7,
     noise: float = 0.08,
+    gap: int = 2,
 ) -> CellImage:
     """Draw one image of cells.
 
@@ -57,6 +58,8 @@ def make_cells(
         cluster: the chance that a cell is placed against an earlier one (touching it or overlapping it by up to
             3 pixels) rather than anywhere.
         noise: the Gaussian noise's standard deviation, as a share of the brightest cell's grey value.
+        gap: the width of the background border the mask draws between touching cells: 2 (a pixel on each side)
+            or 1 (on the side of the cell drawn later).
 
     Returns:
         The image, its mask and its instance labels.
@@ -92,7 +95,7 @@ def make_cells(
         brightness[inside] = rng.uniform(0.55, 1.0) * (1.0 - 0.25 * ((u / a) ** 2 + (v / b) ** 2)[inside])
         placed.append((y, x, (a + b) / 2))
     instances = _relabel(instances)
-    border = _touching_border(instances)
+    border = _touching_border(instances, gap)
     mask = ((instances > 0) & ~border).astype(np.uint8)
     picture = np.where(border, 0.55 * brightness, brightness) + 0.08
     picture = ndimage.gaussian_filter(picture, 1.0)
@@ -111,15 +114,16 @@ def _relabel(instances: np.ndarray) -> np.ndarray:
     return lookup[instances]
 
 
-def _touching_border(instances: np.ndarray) -> np.ndarray:
-    """Cell pixels that share a face with another cell: the border between touching cells (two pixels wide)."""
+def _touching_border(instances: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Cell pixels that share a face with another cell: the border between touching cells, two pixels wide (both
+    sides), or one (the side of the cell with the larger label)."""
     border = np.zeros(instances.shape, bool)
     for axis in range(instances.ndim):
         a = np.moveaxis(instances, axis, 0)
         here, there = a[:-1], a[1:]
         touch = (here > 0) & (there > 0) & (here != there)
-        np.moveaxis(border, axis, 0)[:-1] |= touch
-        np.moveaxis(border, axis, 0)[1:] |= touch
+        np.moveaxis(border, axis, 0)[:-1] |= touch & ((here > there) | (gap > 1))
+        np.moveaxis(border, axis, 0)[1:] |= touch & ((there > here) | (gap > 1))
     return border
 
 
@@ -131,7 +135,8 @@ def _illumination(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray
 
 
 def write_cells(
-    folder: str | Path, count: int = 12, size: tuple[int, int] = (128, 128), seed: int = 0, prefix: str = "cells"
+    folder: str | Path, count: int = 12, size: tuple[int, int] = (128, 128), seed: int = 0, prefix: str = "cells",
+    gap: int = 2,
 ) -> list[str]:
     """Write a data set of ``count`` images into ``folder``'s ``images/``, ``masks/`` and ``instances/``.
 
@@ -141,6 +146,7 @@ def write_cells(
         size: each image's height and width.
         seed: the data set's seed: the same seed writes the same files.
         prefix: the files' names: ``<prefix>_000.png``, ...
+        gap: the border between touching cells in the masks, 2 or 1 pixels wide (see :func:`make_cells`).
 
     Returns:
         The names written (without suffix).
@@ -150,7 +156,7 @@ def write_cells(
         (root / part).mkdir(parents=True, exist_ok=True)
     names = []
     for index in range(count):
-        cell = make_cells(size, np.random.default_rng([seed, index]))
+        cell = make_cells(size, np.random.default_rng([seed, index]), gap=gap)
         name = f"{prefix}_{index:03d}"
         write_result(root / "images" / f"{name}.png", cell.image)
         write_result(root / "masks" / f"{name}.png", cell.mask)
