@@ -111,6 +111,45 @@ def _levels(text: str | None) -> str | list[int] | None:
         raise UNetGenError(f"--checkpoint {text}: give 'levels' (every level) or level numbers like 0,1") from None
 
 
+def _cmd_plan_for(args: argparse.Namespace) -> int:
+    from .planning.limits import parse_bytes
+    from .planning.planner import fingerprint_inputs, plan_for
+
+    if args.fingerprint:
+        path = Path(args.fingerprint)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UNetGenError(f"{path}: cannot read it as JSON ({exc.__class__.__name__}); give nnU-Net's "
+                               "dataset_fingerprint.json") from None
+        spacing, shape, channels, cases = fingerprint_inputs(data)
+        channels = args.channels or channels
+        cases = args.cases or cases
+    else:
+        missing = [flag for flag, value in (("--spacing", args.spacing), ("--median-shape", args.median_shape),
+                                            ("--channels", args.channels)) if value is None]
+        if missing:
+            raise UNetGenError(f"{', '.join(missing)}: give them, or --fingerprint dataset_fingerprint.json")
+        spacing, shape, channels, cases = args.spacing, args.median_shape, args.channels, args.cases
+    overrides = {"padding": args.padding} if args.padding else {}
+    if args.padding == "valid":
+        overrides["downsampling"] = "maxpool"  # a strided 3x3 convolution cannot keep valid maps centred
+    planned = plan_for(
+        spacing, shape, channels, args.classes, parse_bytes(args.memory), dims=args.dims,
+        optimizer=None if args.optimizer == "none" else args.optimizer, precision=args.precision,
+        device=args.device, cases=cases, overrides=overrides,
+    )
+    if args.explain:
+        print(planned.explain())
+    output = Path(args.output)
+    check_target(output)
+    text = planned.yaml()
+    atomic_write(output, lambda handle: handle.write(text.encode("utf-8")))
+    print(planned.describe(), end="")
+    print(f"wrote {output} (unetgen build {output} --train --batch {planned.batch} shows the step)")
+    return 0
+
+
 def _cmd_draw(args: argparse.Namespace) -> int:
     plan = _plan(load_spec(args.spec or "paper"), args.spec or "paper", args.input_size)
     svg = draw(plan)
@@ -346,6 +385,40 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", metavar="LEVELS",
                        help="activation checkpointing: 'levels' (every level) or level numbers like 0,1")
     build.set_defaults(func=_cmd_build)
+    planner = commands.add_parser(
+        "plan-for",
+        help="plan a network for your data and memory: nnU-Net's topology, patch and batch by the exact estimate",
+        description="Plan a network for data of a voxel spacing and median image size and a memory budget: "
+        "nnU-Net's topology rules (pooling, kernels, features), the patch and batch sized by unetgen's exact "
+        "training estimate with the measured overhead to fill at least 85% of the budget, never more. Writes the "
+        "spec (YAML, with a comment saying how it was chosen). See docs/planning.md.",
+    )
+    data = planner.add_argument_group("the data (or --fingerprint)")
+    data.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="voxel spacing per axis (2 or 3 values)")
+    data.add_argument("--median-shape", type=float, nargs="+", metavar="N",
+                      help="the median image size in voxels at that spacing, per axis")
+    data.add_argument("--channels", type=int, metavar="C", help="input channels (modalities)")
+    data.add_argument("--fingerprint", metavar="JSON",
+                      help="nnU-Net's dataset_fingerprint.json instead (spacing, shapes, channels, cases)")
+    data.add_argument("--cases", type=int, metavar="N",
+                      help="training cases: the batch sees at most 5%% of the dataset, as in nnU-Net")
+    planner.add_argument("--classes", type=int, required=True, metavar="K",
+                         help="output channels: the labels, background included")
+    planner.add_argument("--memory", required=True, metavar="SIZE",
+                         help="memory budget of one training step, e.g. 8GiB (leave room for the CUDA context)")
+    planner.add_argument("--dims", type=int, choices=(2, 3), help="2: a 2D network on the in-plane axes")
+    planner.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "none"), default="sgd",
+                         help="sgd (nnU-Net's; default), adam, adamw or none")
+    planner.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp16",
+                         help="autocast to fp16 (nnU-Net's mixed precision; default) or bf16, or fp32")
+    planner.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where it trains (default cuda)")
+    planner.add_argument("--padding", choices=("same", "valid"),
+                         help="valid: unpadded convolutions (with max-pooling) instead of nnU-Net's same")
+    planner.add_argument("-o", "--output", default="planned.yaml", metavar="FILE",
+                         help="the spec to write (default planned.yaml)")
+    planner.add_argument("--explain", action="store_true",
+                         help="show the candidates considered: patch, batch, memory, FLOPs per step")
+    planner.set_defaults(func=_cmd_plan_for)
     sizes_cmd = commands.add_parser(
         "sizes",
         help="list the input sizes the network takes, with their output sizes, border and receptive field",
