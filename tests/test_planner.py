@@ -143,3 +143,12 @@ def test_plan_for_command(tmp_path, capsys):
     assert main(["plan-for", "--spacing", "1", "1", "1", "--median-shape", "128", "128", "128", "--channels", "1",
                  "--classes", "2", "--memory", "1MiB", "-o", str(tmp_path / "x.yaml")]) == 2
     assert "give a larger budget" in capsys.readouterr().err
+
+
+def test_unetgen_variants_are_planned_too():
+    # valid convolutions (with max-pooling): the patch grows to sizes the network takes
+    planned = plan_for((1, 1, 1), (139, 170, 138), 1, 2, 4 * GiB, overrides={"padding": "valid",
+                                                                             "downsampling": "maxpool"})
+    plan = unetgen.make_plan(planned.spec)
+    assert planned.spec.padding == "valid" and plan.output_size < plan.input_size == planned.patch
+    assert FILL * 4 * GiB <= planned.budgeted_bytes <= 4 * GiB

@@ -35,7 +35,7 @@ from ..spec.fields import UNetSpec
 from ..text import human_bytes, size_text
 from .budget import TRAINING_OVERHEAD, budgeted_bytes
 from .cost import estimate, training_macs
-from .plan import make_plan
+from .plan import lattices, make_plan
 
 __all__ = [
     "FILL",
@@ -446,13 +446,21 @@ def plan_for(
     candidates: list[Candidate] = []
 
     def spec_at(patch: tuple[int, ...]) -> UNetSpec:
+        """nnU-Net's network for ``patch``; a patch the network cannot take (valid padding) grows to the next size
+        it takes along each axis."""
         topology = pool_and_conv_props(spacing, patch)
-        return network_spec(topology, channels, classes, **overrides)
+        spec = network_spec(topology, channels, classes, **overrides)
+        taken = tuple(n if grid.contains(n) else grid.at_least(n) for n, grid in zip(patch, lattices(spec)))
+        return spec if taken == patch else spec.replace(input_size=list(taken))
+
+    specs: dict[tuple[int, ...], UNetSpec] = {}
 
     def cost(patch: tuple[int, ...], batch: int, why: str) -> Candidate:
+        spec = spec_at(patch)
+        patch = tuple(spec.input_size or patch)
+        specs[patch] = spec
         key = (patch, batch)
         if key not in evaluated:
-            spec = spec_at(patch)
             plan = make_plan(spec, patch)
             step = estimate(plan, batch, training=True, **options)
             held = budgeted_bytes(plan, step)
@@ -514,7 +522,7 @@ def plan_for(
     reference_patch, reference_batch = nnunet_reference(spacing, median_shape, channels, classes,
                                                         memory / 2**30, voxels)
     shape_words = "x".join(f"{n:g}" for n in median_shape)
-    spec = spec_at(best.patch).replace(name="planned", description=(
+    spec = specs[best.patch].replace(name="planned", description=(
         f"planned for spacing {'x'.join(f'{s:g}' for s in spacing)} mm, median image {shape_words} voxels, "
         f"{channels} input channel(s), {classes} classes, {human_bytes(memory)} per training step"))
     return PlannedNetwork(spec=spec, patch=best.patch, batch=best.batch, estimate_bytes=best.estimate_bytes,
