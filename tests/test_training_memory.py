@@ -19,6 +19,16 @@ U = unetgen.UNetSpec
 TOLERANCE = 1e-3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: one thread (two spin against each other on a busy machine: 50x slower); the memory is the
+    same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _small(spec: U, at_least: int) -> tuple[int, ...]:
     """The smallest size the network takes from ``at_least`` up on every axis."""
     if spec.output == "same":
