@@ -204,3 +204,10 @@ def test_checkpointed_levels_compute_the_same_step():
     plan = unetgen.make_plan(spec, (32, 32))
     with pytest.raises(unetgen.UNetGenError, match="checkpoint 'encoder'"):
         unetgen.estimate(plan, training=True, checkpoint="encoder")
+
+
+def test_every_layer_kind_has_a_training_rule():
+    from unetgen.planning.plan import LAYER_KINDS
+    from unetgen.planning.training import RULES
+
+    assert set(LAYER_KINDS) - {"input"} == set(RULES)
