@@ -12,7 +12,8 @@ import unetgen
 from unetgen.cli import main
 from unetgen.network.measure import LiveBytes, random_targets, training_step_peak
 from unetgen.network.recompute import checkpoint_levels, checkpointed_levels
-from unetgen.planning.training import training_memory
+from unetgen.planning.plan import LAYER_KINDS
+from unetgen.planning.training import RULES, training_memory
 
 U = unetgen.UNetSpec
 #: The replay agrees with the meter to the loss's few scalars; the issue asks for 5%.
@@ -207,7 +208,4 @@ def test_checkpointed_levels_compute_the_same_step():
 
 
 def test_every_layer_kind_has_a_training_rule():
-    from unetgen.planning.plan import LAYER_KINDS
-    from unetgen.planning.training import RULES
-
     assert set(LAYER_KINDS) - {"input"} == set(RULES)

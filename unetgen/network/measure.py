@@ -1,7 +1,9 @@
-"""Measuring a pass: the peak of the bytes of tensors alive at once, the figure :func:`unetgen.estimate` predicts.
+"""Measuring a pass or a training step: the peak of the bytes of tensors alive at once, the figure
+:func:`unetgen.estimate` predicts (with ``training=True`` for a step: :func:`training_step_peak`).
 
-The tests check the estimate against it exactly, and ``benchmarks/run.py`` reports it beside the process's peak
-resident memory (which adds the allocator's and oneDNN's overhead).
+The tests check the estimates against it exactly, and ``benchmarks/`` reports it beside the process's peak
+resident memory (which adds the allocator's and oneDNN's overhead). A training step here is the one the training
+estimate assumes: :func:`make_optimizer`'s optimizers, :func:`segmentation_loss`, :func:`training_step`.
 """
 
 from __future__ import annotations
