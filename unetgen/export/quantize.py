@@ -10,8 +10,9 @@
   sizes included), so calibration sees exactly what the file will be given. Where this CPU has no VNNI the weights
   keep 7 bits (``reduce_range``): AVX2's u8×s8 products are summed in 16 bits, which full 8-bit weights can
   overflow (one log line says so).
-* **3D networks** stay float32, with one log line saying why: onnxruntime's int8 convolution has no fast path for 3D
-  maps (it ran slower than its float32 one, ``benchmarks/precision.py``), so an int8 file would only lose accuracy.
+* **where int8 is no faster** the float32 file is kept, with one log line saying why: the export times a tile
+  through both files, and onnxruntime's int8 kernels lose to its float32 ones on some networks (3D maps with few
+  channels, measured 1.4× slower), where an int8 file would only lose accuracy.
 * **fp16** — every weight and operation in float16 (onnxruntime's converter), the input and output float32.
 
 The new file is checked against the float32 network on held-out images, ones calibration did not see (by default
@@ -33,12 +34,13 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -64,6 +66,10 @@ FILE_PRECISIONS = ("fp32", "fp16", "int8")
 MAX_CALIBRATION_TILES = 32
 #: The share of the images held out for the check when no check images are given (at least one image).
 DEFAULT_HOLDOUT = 0.2
+#: The float32 file is kept when the int8 one runs this many times slower than it, or more: onnxruntime's int8
+#: kernels lose to its float32 ones on some networks (3D maps with few channels), and then int8 only costs
+#: accuracy. The margin keeps timing noise from deciding when the two are about as fast.
+SLOWER = 1.1
 
 
 @dataclass(frozen=True)
@@ -211,25 +217,28 @@ class PrecisionReport:
     """What :func:`lower_precision` made and measured.
 
     Attributes:
-        precision: ``int8`` or ``fp16``.
+        precision: the file's precision: ``int8`` or ``fp16``, or ``fp32`` when int8 ran slower than float32 and
+            the float32 file was kept (``fallback`` says so).
         calibration: the calibration summary written to the metadata (empty for fp16).
-        agreement: the check against the float32 network.
+        agreement: the check against the float32 network (None after a fallback: nothing to check).
         thresholds: what it had to reach.
         errors: what fell short (empty when the file was accepted).
         seconds: time spent quantizing and checking.
-        notes: what a user should know (7-bit weights on a CPU without VNNI, ...).
+        fallback: why the float32 file was kept, in words ('' when it was not).
     """
 
     precision: str
     calibration: dict[str, Any]
-    agreement: Agreement
+    agreement: Agreement | None
     thresholds: Thresholds
     errors: tuple[str, ...] = ()
     seconds: float = 0.0
-    notes: tuple[str, ...] = field(default=())
+    fallback: str = ""
 
     def lines(self) -> list[str]:
         """The lines ``unetgen export`` prints about it."""
+        if self.agreement is None:
+            return [f"int8: {self.fallback}"]
         out = []
         if self.calibration:
             c = self.calibration
@@ -253,10 +262,11 @@ class PrecisionReport:
         return {
             "precision": self.precision,
             "calibration": self.calibration,
-            "agreement": self.agreement.to_dict(),
+            "agreement": self.agreement.to_dict() if self.agreement is not None else None,
             "thresholds": self.thresholds.to_dict(),
             "errors": list(self.errors),
             "seconds": round(self.seconds, 3),
+            "fallback": self.fallback,
         }
 
 
@@ -315,12 +325,6 @@ def make_request(
                               "--check-images, or leave it out")
         check = _given(read_images(check_images, spec, "check images")) if check_images is not None else None
         return Request("fp16", None, check, thresholds, memory)
-    if spec.spatial_dims == 3:
-        log.warning(
-            "int8: onnxruntime has no fast int8 kernel for 3D convolutions (its QLinearConv runs 3D maps slower than "
-            "its float32 Conv: benchmarks/README.md); writing float32 instead"
-        )
-        return None
     if calibration is None:
         raise ExportError(
             "--quantize int8 needs --calibration DIR_OR_NPY: images like the ones the network will segment (a "
@@ -771,6 +775,17 @@ def lower_precision(
                  len(images.names))
         calibration = quantize_int8(staged, target, tiles, input_name)
         calibration.update(source=images.source, images=len(images.names), tiles=total, tile_size=list(window))
+        tile = max(tiles, key=lambda t: t.size)
+        seconds = pass_seconds((staged, target), tile, input_name)
+        if seconds[1] > SLOWER * seconds[0]:
+            why = (
+                f"onnxruntime ran the int8 file slower than float32 on this CPU ({seconds[1]:.3g} s against "
+                f"{seconds[0]:.3g} s for a tile of {size_text(tile.shape[2:])}: its int8 kernels have no fast path "
+                "for these convolutions); wrote float32 instead"
+            )
+            log.warning("int8: %s", why)
+            return staged, PrecisionReport("fp32", calibration, None, request.thresholds,
+                                           seconds=time.perf_counter() - started, fallback=why)
     else:
         to_float16(staged, target)
     entries = {META_PRECISION: request.precision}
@@ -789,6 +804,24 @@ def lower_precision(
     return target, report
 
 
+def pass_seconds(paths: Sequence[Path], tile: np.ndarray, input_name: str, rounds: int = 3) -> list[float]:
+    """The fastest of ``rounds`` passes of ``tile`` through each file on onnxruntime (CPU), taken in turns so that
+    a busy machine slows each alike; one warm-up pass each first."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for path in paths]
+    feed = {input_name: tile}
+    for session in sessions:
+        session.run(None, feed)
+    best = [math.inf] * len(sessions)
+    for _ in range(rounds):
+        for index, session in enumerate(sessions):
+            started = time.perf_counter()
+            session.run(None, feed)
+            best[index] = min(best[index], time.perf_counter() - started)
+    return best
+
+
 def refusal(path: Path, report: PrecisionReport) -> str:
     """The one line a refused file gets: what fell short, by how much, and what to do."""
     fix = (
@@ -796,8 +829,9 @@ def refusal(path: Path, report: PrecisionReport) -> str:
         "(--min-agreement, --min-dice)"
         if report.precision == "int8" else "lower the thresholds (--min-agreement, --min-dice) or keep float32"
     )
+    source = report.agreement.source if report.agreement is not None else "the check images"
     return (
-        f"{path}: {report.precision} file refused, nothing written: on {report.agreement.source}, "
+        f"{path}: {report.precision} file refused, nothing written: on {source}, "
         + "; ".join(report.errors) + f"; {fix}"
     )
 

@@ -637,13 +637,14 @@ def _check_and_write(
             fixed = (report.batch, report.input_size) if report.static else None
             staged, lowered = lower_precision(model, staged, stage, request, report.plan, input_name=INPUT_NAME,
                                               fixed=fixed)
-            done = dataclasses.replace(done, precision=request.precision, lowered=lowered, errors=lowered.errors,
+            done = dataclasses.replace(done, precision=lowered.precision, lowered=lowered, errors=lowered.errors,
                                        verify_seconds=time.perf_counter() - started)
             if lowered.errors:
                 if raise_on_failure:
                     raise ExportError(refusal(target, lowered))
                 return done
-            data_name = None
+            if lowered.precision != "fp32":  # a lower-precision file is self-contained
+                data_name = None
         old_data = _external_files(target)
         data = target.parent / data_name if data_name is not None else None
         # new weights (under a new name) first, then the model that points at them
