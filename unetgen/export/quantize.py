@@ -553,17 +553,19 @@ def up_convolutions_as_convolutions(model: onnx.ModelProto) -> int:
         weight = onnx.numpy_helper.to_array(weights[node.input[1]])  # (in, out, *kernel)
         cin, cout = weight.shape[:2]
         block = math.prod(kernel)
-        # output channel o·∏k + (a, b, ...) of the 1×1 convolution is channel o at offset (a, b, ...) of each block
-        order = (1, *range(2, 2 + dims), 0)
-        conv_weight = weight.transpose(order).reshape(cout * block, cin, *([1] * dims))
+        # output channel (a, b, ...)·out + o of the 1×1 convolution is channel o at offset (a, b, ...) of each
+        # block: in channels-last memory, onnxruntime's layout for int8 convolutions, each pixel's block of
+        # outputs is then contiguous, and the shuffle below moves whole runs of channels
+        order = (*range(2, 2 + dims), 1, 0)
+        conv_weight = weight.transpose(order).reshape(block * cout, cin, *([1] * dims))
         new = [onnx.numpy_helper.from_array(np.ascontiguousarray(conv_weight), f"{name}.conv.weight")]
         inputs = [node.input[0], new[0].name]
         if len(node.input) > 2 and node.input[2]:
             bias = onnx.numpy_helper.to_array(weights[node.input[2]])
-            new.append(onnx.numpy_helper.from_array(np.repeat(bias, block), f"{name}.conv.bias"))
+            new.append(onnx.numpy_helper.from_array(np.tile(bias, block), f"{name}.conv.bias"))
             inputs.append(new[1].name)
         new += [
-            onnx.numpy_helper.from_array(np.array([cout, *kernel], np.int64), f"{name}.blocks"),
+            onnx.numpy_helper.from_array(np.array([*kernel, cout], np.int64), f"{name}.blocks"),
             onnx.numpy_helper.from_array(np.array([cout], np.int64), f"{name}.channels"),
             onnx.numpy_helper.from_array(np.array(kernel, np.int64), f"{name}.kernel"),
             onnx.numpy_helper.from_array(np.array([0], np.int64), f"{name}.0"),
@@ -573,21 +575,26 @@ def up_convolutions_as_convolutions(model: onnx.ModelProto) -> int:
         ]
         graph.initializer.extend(new)
         h = onnx.helper.make_node
-        moved = [2 + dims + axis for axis in range(dims)]
-        perm = [0, 1, *(index for axis in range(dims) for index in (moved[axis], 2 + axis))]
+        # written channels-last, between a transpose to it and one back: onnxruntime cancels both against the
+        # transposes it puts around its channels-last int8 convolutions
+        to_last = [0, *range(2, 2 + dims), 1]
+        interleave = [0, *(index for axis in range(dims) for index in (1 + axis, 1 + dims + axis)), 1 + 2 * dims]
+        to_first = [0, 1 + dims, *range(1, 1 + dims)]
         nodes += [
             h("Conv", inputs, [f"{name}.conv"], name=f"{name}.conv", kernel_shape=[1] * dims),
             h("Shape", [f"{name}.conv"], [f"{name}.shape"], name=f"{name}.shape"),
             h("Slice", [f"{name}.shape", f"{name}.0", f"{name}.1"], [f"{name}.batch"], name=f"{name}.batch"),
             h("Slice", [f"{name}.shape", f"{name}.2", f"{name}.end"], [f"{name}.size"], name=f"{name}.size"),
-            h("Concat", [f"{name}.batch", f"{name}.blocks", f"{name}.size"], [f"{name}.split_shape"], axis=0,
+            h("Concat", [f"{name}.batch", f"{name}.size", f"{name}.blocks"], [f"{name}.split_shape"], axis=0,
               name=f"{name}.split_shape"),
             h("Mul", [f"{name}.size", f"{name}.kernel"], [f"{name}.up_size"], name=f"{name}.up_size"),
-            h("Concat", [f"{name}.batch", f"{name}.channels", f"{name}.up_size"], [f"{name}.up_shape"], axis=0,
+            h("Concat", [f"{name}.batch", f"{name}.up_size", f"{name}.channels"], [f"{name}.up_shape"], axis=0,
               name=f"{name}.up_shape"),
-            h("Reshape", [f"{name}.conv", f"{name}.split_shape"], [f"{name}.split"], name=f"{name}.split"),
-            h("Transpose", [f"{name}.split"], [f"{name}.interleaved"], perm=perm, name=f"{name}.interleave"),
-            h("Reshape", [f"{name}.interleaved", f"{name}.up_shape"], [node.output[0]], name=f"{name}.shuffle"),
+            h("Transpose", [f"{name}.conv"], [f"{name}.last"], perm=to_last, name=f"{name}.last"),
+            h("Reshape", [f"{name}.last", f"{name}.split_shape"], [f"{name}.split"], name=f"{name}.split"),
+            h("Transpose", [f"{name}.split"], [f"{name}.interleaved"], perm=interleave, name=f"{name}.interleave"),
+            h("Reshape", [f"{name}.interleaved", f"{name}.up_shape"], [f"{name}.up"], name=f"{name}.shuffle"),
+            h("Transpose", [f"{name}.up"], [node.output[0]], perm=to_first, name=f"{name}.first"),
         ]
     del graph.node[:]
     graph.node.extend(nodes)
