@@ -339,8 +339,8 @@ def test_no_assert_in_the_library():
     """User input never meets an ``assert`` (``python -O`` would skip it, and it reads as a bug)."""
     source = Path(unetgen.__file__).parent
     found = [
-        f"{path.name}:{node.lineno}"
-        for path in sorted(source.glob("*.py"))
+        f"{path.relative_to(source)}:{node.lineno}"
+        for path in sorted(source.rglob("*.py"))
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.Assert)
     ]

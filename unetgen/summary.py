@@ -181,12 +181,18 @@ def _layer_json(layer: Layer) -> dict[str, Any]:
 _PRECISION_WORDS = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
 
+def _training_memory(cost: Cost) -> Any:
+    """The training estimate in ``cost``; callers ask for it only after estimating with ``training=True``."""
+    if cost.training is None:
+        raise ValueError("this cost was estimated without training=True; estimate(plan, ..., training=True) first")
+    return cost.training
+
+
 def training_text(plan: Plan, cost: Cost, optimizer: str | None, precision: str, device: str,
                   checkpoint: Sequence[int] = ()) -> str:
     """``unetgen build --train``'s lines: one training step's peak memory and its parts (:func:`estimate` with
     ``training=True``), and its FLOPs."""
-    memory = cost.training
-    assert memory is not None
+    memory = _training_memory(cost)
     where = {"forward": "at the end of the forward pass", "backward": "in the backward pass",
              "step": "in the optimizer's update"}[memory.phase]
     levels = f", checkpointing levels {', '.join(map(str, checkpoint))}" if checkpoint else ""
@@ -203,8 +209,7 @@ def training_text(plan: Plan, cost: Cost, optimizer: str | None, precision: str,
 
 def training_json(plan: Plan, cost: Cost) -> dict[str, Any]:
     """``unetgen build --train --json``'s ``training`` entry."""
-    memory = cost.training
-    assert memory is not None
+    memory = _training_memory(cost)
     return {
         "batch": cost.batch, "peak_bytes": memory.peak_bytes, "phase": memory.phase,
         "parameter_bytes": memory.parameter_bytes, "gradient_bytes": memory.gradient_bytes,

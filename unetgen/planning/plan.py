@@ -426,6 +426,13 @@ def _norm_words(spec: UNetSpec, decoder: bool = False) -> str | None:
     return f"{norm} norm" + ("" if spec.decoder_norm_affine or not decoder else " without scale and shift")
 
 
+def _agree(built: tuple[int, ...], sized: tuple[int, ...], where: str) -> None:
+    """The layers' shapes at ``where`` must be the ones ``sizes.py`` worked out; a difference is unetgen's bug."""
+    if tuple(built) != tuple(sized):
+        raise RuntimeError(f"unetgen bug: {where}'s layers make {built} but the size rules say {sized}; "
+                           "please report it with the spec")
+
+
 def _block_words(spec: UNetSpec, level: int, widths: tuple[int, ...], stride: tuple[int, ...] | None = None,
                  decoder: bool = False) -> str:
     """E.g. ``2× [conv 3×3 valid, relu]`` or ``[conv 3×3×3 → 32, conv 3×3×3 → 64] (batch norm, relu)``."""
@@ -872,7 +879,7 @@ def make_plan(
                                   dropout_at(level), stride)
         if level == 0 and source != "input":
             write._hold(0, source)  # the level's call keeps the mirrored input to its end
-        assert shapes[current][1:] == spatial(lambda t, lv=level: t.encoder[lv])
+        _agree(shapes[current][1:], spatial(lambda t, lv=level: t.encoder[lv]), f"encoder.{level}")
         outputs.append(current)
         block(name, words)
     skips: list[Skip] = []
@@ -886,7 +893,7 @@ def make_plan(
         prefix = f"decoder.{level}"
         below_map = current
         up, up_words = write.up(prefix, current, cup, factor)
-        assert shapes[up][1:] == up_size
+        _agree(shapes[up][1:], up_size, f"decoder.{level}.up")
         block(f"{prefix}.up", up_words)
         source = spatial(lambda t, lv=level: t.encoder[lv])
         crop = spatial(lambda t, lv=level: t.crop[lv])
@@ -907,7 +914,7 @@ def make_plan(
         joined = write.add(f"{prefix}.concat", "concat", (gated, up), holds=holds)
         current = write.block(f"{prefix}.convs.", joined, widths, spec.kernel(level), dropout_at(level),
                               decoder=True)
-        assert shapes[current][1:] == spatial(lambda t, lv=level: t.decoder[lv])
+        _agree(shapes[current][1:], spatial(lambda t, lv=level: t.decoder[lv]), f"decoder.{level}")
         words = f"concat → {shapes[joined][0]} ch, {_block_words(spec, level, widths, decoder=True)}"
         block(f"{prefix}.convs", words)
         if 0 < level <= spec.deep_supervision:
