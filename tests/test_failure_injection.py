@@ -15,6 +15,8 @@ import io
 import json
 import os
 import random
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -345,3 +347,31 @@ def test_no_assert_in_the_library():
         if isinstance(node, ast.Assert)
     ]
     assert found == []
+
+
+def test_a_reader_that_leaves_early_stops_the_command_quietly(tmp_path):
+    """``unetgen ... | head -1``: the pipe closes while unetgen still prints; no traceback, no 'internal error'."""
+    command = [sys.executable, "-m", "unetgen.cli", "plan-for", "--spacing", "3", "0.78", "0.78", "--median-shape",
+               "90", "400", "400", "--channels", "1", "--classes", "3", "--memory", "8GiB", "--explain", "-o",
+               str(tmp_path / "planned.yaml")]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith("patch")
+        process.stdout.close()
+        err = process.stderr.read()
+        assert process.wait(timeout=120) == 141
+    assert err == ""
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null on this system")
+def test_writing_to_a_device_writes_into_it_and_keeps_the_device(tmp_path):
+    """``-o /dev/null`` discards the output; an atomic write must not move a regular file onto the device."""
+    import stat
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    assert main(["plan-for", "--spacing", "1", "1", "--median-shape", "64", "64", "--channels", "1", "--classes",
+                 "2", "--memory", "1GiB", "-o", "/dev/null"]) == 0
+    unetgen.files.atomic_write("/dev/null", lambda handle: handle.write(b"discarded"))
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert main(["build", str(tmp_path / "tiny.yaml"), "--save", "/dev/null"]) == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

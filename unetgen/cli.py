@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 import typing
@@ -242,6 +243,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .inference.images import output_kind, read_image, write_result
     from .inference.image_checks import check_image
     from .inference.predict import predict
@@ -252,6 +255,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     spec = runner.spec
     output_kind(args.output, args.logits, spec.spatial_dims)
     check_target(args.output)
+    if args.attention is not None:
+        if not args.attention.endswith(".npz"):
+            raise UNetGenError(f"--attention {args.attention}: give a .npz file (one array per gate)")
+        check_target(args.attention)
     image = read_image(args.input)
     if args.channels is not None:
         channels = args.channels
@@ -270,14 +277,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"tiles: {layout.describe()}")
     started = time.perf_counter()
     result = predict(runner, image.pixels, channels=channels, output="logits" if args.logits else "labels",
-                     progress=True, **options)
+                     progress=True, attention=args.attention is not None, **options)
     seconds = time.perf_counter() - started
+    maps = None
+    if args.attention is not None:
+        result, maps = result
     write_result(args.output, result)
     what = "logits" if args.logits else "labels"
     shown = size_text(result.shape)
     classes = "" if args.logits else f", classes {int(result.min())}–{int(result.max())} present"
     rate = math.prod(size) / max(seconds, 1e-9) / 1e6
     print(f"wrote {args.output}: {what} {shown} {result.dtype}{classes} ({seconds:.1f} s, {rate:.2f} Mpx/s)")
+    if maps is not None:
+        atomic_write(args.attention, lambda handle: np.savez(handle, **maps))
+        print(f"wrote {args.attention}: attention maps of {', '.join(maps)} ({size_text(next(iter(maps.values())).shape)} each)")
     return 0
 
 
@@ -461,6 +474,11 @@ def _parser() -> argparse.ArgumentParser:
         help="labels to .png, .tif or .npy (pixel value = class), or logits to .npy with --logits",
     )
     predict.add_argument("--logits", action="store_true", help="write float32 logits (C, *spatial) to .npy")
+    predict.add_argument(
+        "--attention", metavar="MAPS.npz",
+        help="also write the attention gates' maps (skip_gate; torch networks), one float32 array of the image's "
+             "size per gate, named as the gate (decoder.2.gate, ...)",
+    )
     layout = predict.add_mutually_exclusive_group()
     layout.add_argument(
         "--channels-first", dest="channels", action="store_const", const="first",
@@ -683,6 +701,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unetgen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `unetgen ... | head`: the reader left; stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except Exception as exc:
         if args.debug:
             raise

@@ -1,5 +1,8 @@
 """Writing files atomically: a failed or interrupted write never leaves a half-written file or damages an old one.
 
+A target that is not a regular file (``/dev/null``, ``/dev/stdout``, a named pipe) is written into directly:
+nothing there to protect, and moving a file onto it would replace the device itself.
+
 Every file unetgen writes goes through here: one file through :func:`atomic_write` (checkpoints, images, drawings),
 several that belong together through :func:`staging` (an ONNX model and its external weights, checked before they
 replace anything).
@@ -41,8 +44,22 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def _special(path: Path) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a folder (a device, a named pipe, a socket)."""
+    try:
+        return not (path.is_file() or path.is_dir()) and path.exists()
+    except OSError:
+        return False
+
+
 def _fsync_and_replace(source: str | Path, target: Path) -> None:
-    """Flush ``source`` to disk, give it the mode ``target`` has (or a new file would have), move it onto ``target``."""
+    """Flush ``source`` to disk, give it the mode ``target`` has (or a new file would have), move it onto ``target``
+    (or copy it into ``target``, a device or pipe)."""
+    if _special(target):
+        with open(source, "rb") as data, open(target, "wb") as out:
+            shutil.copyfileobj(data, out)
+        os.unlink(source)
+        return
     with open(source, "rb+") as handle:
         os.fsync(handle.fileno())
     os.chmod(source, _new_file_mode(target))
@@ -70,6 +87,10 @@ def check_target(path: str | Path) -> Path:
             raise UNetGenError(f"{path}: folder {path.parent} does not exist; create it first")
         if path.is_dir():
             raise UNetGenError(f"{path}: is a directory; give a file name")
+        if _special(path):
+            if not os.access(path, os.W_OK):
+                raise UNetGenError(f"{path}: is not writable; choose another file")
+            return path
         if not os.access(path.parent, os.W_OK | os.X_OK):
             raise UNetGenError(f"{path}: folder {path.parent} is not writable; choose another folder")
     except (OSError, ValueError) as exc:  # a name too long, or with a NUL byte
@@ -118,6 +139,10 @@ def atomic_write(
             permission or the like (any ``OSError``, from the file system or from ``write``).
     """
     path = check_target(path)
+    if _special(path):
+        with writing(path, error), open(path, "wb") as handle:
+            write(handle)  # type: ignore[arg-type]
+        return path
     with writing(path, error), _temporary_beside(path) as (handle, name):
         write(handle)
         handle.flush()
@@ -184,7 +209,8 @@ def staging(target: str | Path, error: type[UNetGenError] = UNetGenError) -> Ite
     """
     target = check_target(target)
     with writing(target, error):
-        folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        beside = None if _special(target) else target.parent  # not a folder in /dev for /dev/null
+        folder = Path(tempfile.mkdtemp(dir=beside, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         yield Staging(target, folder, error)
     finally:
