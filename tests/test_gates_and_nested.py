@@ -5,6 +5,8 @@ MONAI's networks are compared in ``test_monai_equivalence.py``, costs and recept
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ import torch
 import unetgen
 from unetgen.inference.predict import predict
 from unetgen.inference.tiling import plan_tiles
-from unetgen.planning.field import head_grids
+from unetgen.planning.field import attention_layers, head_grids, nearest_on_output
 from unetgen.planning.plan import lattices, pruned_spec
 from test_plan_matches_module import _check
 
@@ -268,6 +270,72 @@ def test_valid_networks_tile_exactly(changes):
         reference = whole.eval()(torch.from_numpy(image)[None, None]).numpy()[0]
     assert tiled.shape == reference.shape
     assert float(np.abs(tiled - reference).max() / np.abs(reference).max()) <= 1e-5
+
+
+def test_gate_pixels_shown_at_each_output_pixel_by_hand():
+    # depth 3, valid 3×3 convolutions, input 60: level 0 56 → level 1 24 → bottom 8; decoder.1's gate sees the
+    # skip cropped to 16 (2 input pixels apart), decoder.0's the skip cropped to 24; the output is 20 pixels.
+    # Output pixel k is centred on input pixel k + 20; decoder.1's gate pixel i on 14.5 + 2i (nearest: ⌊k/2 + 3.25⌉),
+    # decoder.0's gate pixel i on i + 18 (k + 2).
+    plan = unetgen.make_plan(U(depth=3, width=2, skip_gate="grid_attention"), (60, 60))
+    layers = attention_layers(plan)
+    assert list(layers) == ["decoder.1.gate", "decoder.0.gate"] and plan.output_size == (20, 20)
+    deep = nearest_on_output(plan, layers["decoder.1.gate"])
+    assert deep[0] == deep[1] == tuple(int(math.floor(k / 2 + 2.75 + 0.5)) for k in range(20))
+    assert deep[0][:4] == (3, 3, 4, 4) and deep[0][-1] == 12
+    assert nearest_on_output(plan, layers["decoder.0.gate"])[0] == tuple(k + 2 for k in range(20))
+
+
+@pytest.mark.parametrize("gate", ["attention", "grid_attention"])
+def test_predict_returns_the_gates_maps_tiled_as_one_pass_shows_them(gate):
+    spec = U(depth=3, width=4, skip_gate=gate, init="paper")
+    model = unetgen.build(spec, seed=0)
+    image = np.random.default_rng(1).standard_normal((150, 131)).astype(np.float32)
+    assert plan_tiles(spec, image.shape, tile_size=70).count > 1
+    labels, maps = predict(model, image, output="labels", attention=True, tile_size=70)
+    assert labels.shape == image.shape and list(maps) == ["decoder.1.gate", "decoder.0.gate"]
+    # one pass over the mirrored image (output: same mirrors as predict does), its maps read at the output's pixels
+    whole = unetgen.build(spec.replace(output="same"), seed=0)
+    whole.load_state_dict(model.state_dict())
+    x = torch.from_numpy(image)[None, None]
+    direct = whole.eval().attention_maps(x)
+    same = unetgen.make_plan(spec.replace(output="same"), image.shape)
+    core = unetgen.make_plan(spec, same.layer("pad_input").shape[1:])  # the network over the mirrored image
+    (top, _), (left, _) = same.layer("crop_output").crop
+    for key, value in maps.items():
+        index = nearest_on_output(core, attention_layers(core)[key])
+        expected = direct[key][0, 0].numpy()[np.ix_(*index)]
+        expected = expected[top: top + image.shape[0], left: left + image.shape[1]]
+        assert value.shape == image.shape and value.dtype == np.float32
+        np.testing.assert_allclose(value, expected, atol=1e-5)  # tiles against one pass: float rounding
+        assert 0 < value.min() and value.max() < 1
+
+
+def test_attention_maps_need_gates_and_a_torch_network(tmp_path):
+    plain = unetgen.build(U(depth=3, width=2), seed=0)
+    with pytest.raises(unetgen.UNetGenError, match="has no attention gates"):
+        predict(plain, np.zeros((100, 100), np.float32), attention=True)
+    gated = unetgen.build(U(depth=3, width=2, skip_gate="attention"), seed=0)
+    unetgen.export_onnx(gated, tmp_path / "gated.onnx", verify=False)
+    with pytest.raises(unetgen.UNetGenError, match="needs a torch network"):
+        predict(tmp_path / "gated.onnx", np.zeros((100, 100), np.float32), attention=True)
+
+
+def test_predict_command_writes_the_maps(tmp_path, capsys):
+    from unetgen.cli import main
+
+    spec = U(depth=3, width=2, skip_gate="grid_attention")
+    unetgen.save(unetgen.build(spec, seed=0), tmp_path / "gated.pt")
+    image = np.random.default_rng(0).random((100, 90), dtype=np.float32)
+    np.save(tmp_path / "image.npy", image)
+    argv = ["predict", "--weights", str(tmp_path / "gated.pt"), "--input", str(tmp_path / "image.npy"), "--output",
+            str(tmp_path / "mask.png")]
+    assert main([*argv, "--attention", str(tmp_path / "maps.npy")]) == 2
+    assert "give a .npz file" in capsys.readouterr().err and not (tmp_path / "mask.png").exists()
+    assert main([*argv, "--attention", str(tmp_path / "maps.npz")]) == 0
+    saved = np.load(tmp_path / "maps.npz")
+    _, maps = predict(unetgen.load(tmp_path / "gated.pt"), image, attention=True)
+    assert sorted(saved.files) == sorted(maps) and all(np.array_equal(saved[k], maps[k]) for k in maps)
 
 
 # --- compile, export, optimize ----------------------------------------------------------------------------------

@@ -23,10 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ExportError, UNetGenError
+from ..planning.field import attention_layers, nearest_on_output
+from ..planning.plan import Plan
 from ..text import size_text
 from ..training.intensity import intensity_from_dict
 from .image_checks import Channels, check_image
-from .runners import Runner, load_model
+from .runners import Runner, TorchRunner, load_model
 from .tiling import DEFAULT_OVERLAP, TileLayout, plan_tiles, reflect
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ def predict(
     overlap: float = DEFAULT_OVERLAP,
     progress: bool = False,
     precision: str | None = None,
-) -> np.ndarray:
+    attention: bool = False,
+) -> Any:
     """Segment an image or volume of any size by overlap-tiles; the output has the image's size.
 
     Each tile's input is a size the network's core takes and its output the part of the map it predicts; where a
@@ -86,9 +89,15 @@ def predict(
             ``dtype``), where the hardware makes it faster; elsewhere it runs ``fp32`` and a log line says which
             instruction is missing. Default: the network's own precision (an ONNX file's is the one it was
             exported at).
+        attention: also return the maps of the network's attention gates (``skip_gate``): what each gate
+            multiplied its skip connection by, from 0 to 1, tiled and stitched as the output is (each pixel from the
+            tile that owns it) and shown at the image's resolution, each gate pixel over the block of image pixels
+            it is nearest to (:func:`unetgen.planning.field.nearest_on_output`). A torch network only (an ONNX file
+            outputs the segmentation alone).
 
     Returns:
-        The logits or labels, the image's spatial size.
+        The logits or labels, the image's spatial size; with ``attention=True``, ``(that, maps)``, ``maps`` being
+        ``{"decoder.2.gate": float32 (*spatial), ...}``, deepest gate first.
 
     Raises:
         UNetGenError: for an image the network cannot take (dtype, axes, channels, NaN or infinite values,
@@ -116,6 +125,7 @@ def predict(
             f"an image of {size_text(size)}; export it with dynamic shapes"
         )
     batch = layout.batch if fixed_batch is None else fixed_batch
+    gates = _gates(runner, layout.plan) if attention else {}
     runner.check((batch, spec.in_channels, *layout.window), layout.plan)
     log.info("%s: %s", runner.source, layout.describe())
     passes = layout.count * math.prod(layout.window) / math.prod(size)
@@ -128,17 +138,43 @@ def predict(
             "%s gives larger tiles", layout.count, size_text(layout.window), passes, fix,
         )
     with runner.running(spare=layout.budget - layout.peak_bytes):
-        return _run(runner, pixels, layout, output, progress, fixed_batch)
+        if not gates:
+            return _run(runner, pixels, layout, output, progress, fixed_batch)
+        with runner.attending(gates):  # type: ignore[attr-defined]
+            values = _run(runner, pixels, layout, "logits", progress, fixed_batch, extra=len(gates))
+    classes = layout.plan.output_shape[0]
+    result = values[:classes]
+    if output == "labels":
+        result = _labels(result, 0.0 if layout.plan.final_activation == "none" else 0.5, _label_dtype(classes))
+    return result, dict(zip(gates, values[classes:]))
+
+
+def _gates(runner: Runner, plan: Plan) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Per attention gate of ``plan``, the pixels of its map that each output pixel of a tile shows."""
+    if not isinstance(runner, TorchRunner):
+        raise UNetGenError(f"{runner.source}: attention=True needs a torch network (a checkpoint or unetgen.build's "
+                           "model); an ONNX file outputs the segmentation only")
+    layers = attention_layers(plan)
+    if not layers:
+        raise UNetGenError(f"{runner.source}: has no attention gates (skip_gate: none); attention maps need "
+                           "skip_gate: attention or grid_attention")
+    return {key: nearest_on_output(plan, name) for key, name in layers.items()}
+
+
+def _label_dtype(classes: int) -> Any:
+    return np.uint8 if max(classes, 2) <= 256 else np.uint16 if classes <= 65536 else np.int32
 
 
 def _run(
-    runner: Runner, pixels: np.ndarray, layout: TileLayout, output: Output, progress: bool, fixed_batch: int | None
+    runner: Runner, pixels: np.ndarray, layout: TileLayout, output: Output, progress: bool, fixed_batch: int | None,
+    extra: int = 0,
 ) -> np.ndarray:
     """Cut the tiles, run them in batches and stitch their outputs: each pixel from the tile that owns it (exact)
-    or a weighted sum of the tiles over it (blend)."""
+    or a weighted sum of the tiles over it (blend). ``extra``: channels the runner adds after the network's (the
+    attention maps)."""
     size = layout.image_size
-    classes = layout.plan.output_shape[0]
-    label_dtype = np.uint8 if max(classes, 2) <= 256 else np.uint16 if classes <= 65536 else np.int32
+    label_dtype = _label_dtype(layout.plan.output_shape[0])
+    classes = layout.plan.output_shape[0] + extra
     exact = layout.mode == "exact"
     if exact:  # each pixel is written once, by the tile that owns it
         result = np.empty(size, label_dtype) if output == "labels" else np.empty((classes, *size), np.float32)

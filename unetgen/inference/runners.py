@@ -101,6 +101,7 @@ class TorchRunner(Runner):
         self.device = first.device if first is not None else torch.device("cpu")
         self.core: Any = None  # the core that runs tiles, while running()
         self.dtype: torch.dtype | None = None  # a lower precision to run in (None: the network's own)
+        self.attention: Any = None  # the gates' captured maps and indices, while attending()
 
     def set_precision(self, precision: str) -> None:
         """Run tiles in ``precision`` through :func:`unetgen.optimize`'s copy; where the device has no fast path
@@ -144,9 +145,33 @@ class TorchRunner(Runner):
         if self.device.type == "cpu":  # the memory limit is about this machine's memory
             check_pass_fits(plan, batch=shape[0])
 
+    @contextmanager
+    def attending(self, gates: dict[str, tuple[tuple[int, ...], ...]]) -> Iterator[None]:
+        """While the block runs (inside :meth:`running`), each call returns the attention gates' maps too, as
+        channels after the network's: gate ``key``'s map indexed by ``gates[key]`` per axis (the gate pixel each
+        output pixel shows; :func:`unetgen.planning.field.nearest_on_output`)."""
+        unet = self.core.unet
+        with unet.capturing_attention() as maps:
+            self.attention = (maps, {key: [torch.as_tensor(index, device=self.device) for index in per_axis]
+                                     for key, per_axis in gates.items()})
+            try:
+                yield
+            finally:
+                self.attention = None
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device)
-        return self.core(x).float().cpu().numpy()
+        out = self.core(x).float()
+        if self.attention is not None:
+            maps, indices = self.attention
+            parts = [out]
+            for key, per_axis in indices.items():
+                shown = maps[key].float()
+                for axis, index in enumerate(per_axis):
+                    shown = shown.index_select(2 + axis, index)
+                parts.append(shown)
+            out = torch.cat(parts, 1)
+        return out.cpu().numpy()
 
 
 class OnnxRunner(Runner):

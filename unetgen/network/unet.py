@@ -7,7 +7,9 @@ The module works with ``torch.jit.script``, ``torch.export`` and ``torch.compile
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import List, Tuple, Union
 
 import torch
@@ -355,6 +357,14 @@ class UNet(nn.Module):
             ``{"decoder.2.gate": map, ...}``, deepest level first: one map of shape ``(batch, 1, *skip size)`` per
             gated level, from 0 to 1, over the (centre-cropped) skip connection it gates. Empty without gates.
         """
+        with self.capturing_attention() as maps, torch.no_grad():
+            self(x)
+        return dict(maps)
+
+    @contextlib.contextmanager
+    def capturing_attention(self) -> Iterator[dict[str, torch.Tensor]]:
+        """While the block runs, each pass through the network (or its core) puts each attention gate's map into the
+        dict yielded (``{"decoder.2.gate": (batch, 1, *skip size)}``, replaced at every pass); empty without gates."""
         maps: dict[str, torch.Tensor] = {}
         handles = []
         for name, level in self.decoder.items():
@@ -365,12 +375,10 @@ class UNet(nn.Module):
                 handles.append(last.register_forward_hook(
                     lambda module, args, out, key=key: maps.__setitem__(key, out.detach())))
         try:
-            with torch.no_grad():
-                self(x)
+            yield maps
         finally:
             for handle in handles:
                 handle.remove()
-        return maps
 
     def core(self) -> nn.Module:
         """The core network as a module of its own (see :meth:`forward_core`); it shares this network's weights."""

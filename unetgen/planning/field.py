@@ -421,6 +421,38 @@ def head_grids(plan: Plan) -> tuple[tuple[HeadGrid, ...], ...]:
     return tuple(result)
 
 
+def attention_layers(plan: Plan) -> dict[str, str]:
+    """The attention gates of ``plan`` (``skip_gate``): ``{"decoder.2.gate": name of the layer whose output is the
+    map the gate multiplies its skip by, ...}``, deepest level first (the order the network runs them)."""
+    return {layer.name[: -len(".mul")]: layer.inputs[1] for layer in plan.layers
+            if layer.kind == "mul" and layer.name.endswith(".gate.mul")}
+
+
+def nearest_on_output(plan: Plan, name: str) -> tuple[tuple[int, ...], ...]:
+    """For each axis, for each pixel of the main output, the pixel of layer ``name``'s map whose centre is nearest
+    (a tie to the later one): how a map of a coarser grid (an attention gate's, say) is shown at the output's
+    resolution, block by block.
+
+    Every map of the U is centred on the input (see :func:`head_grids`): pixel ``i`` of an ``m``-pixel map ``J``
+    input pixels apart is centred at ``(N − 1)/2 + (i − (m − 1)/2)·J``, and output pixel ``k`` of ``M`` at
+    ``(N − 1)/2 + k − (M − 1)/2``; the nearest ``i`` is ``⌊(2k − M + 1 + J·m) / 2J⌋``, clamped to the map. Tiles
+    whose inputs lie a multiple of the lattice step apart pick the same pixels, so stitched maps are seamless.
+
+    Args:
+        plan: the network at an input size.
+        name: a layer of ``plan`` whose map has at most the input's resolution.
+
+    Returns:
+        One tuple of indices (as long as the output) per axis.
+    """
+    shape = plan.layer(name).shape[1:]
+    result = []
+    for axis, m in enumerate(shape):
+        jump, out = _jump(plan, axis, name), plan.output_size[axis]
+        result.append(tuple(min(m - 1, max(0, (2 * k - out + 1 + jump * m) // (2 * jump))) for k in range(out)))
+    return tuple(result)
+
+
 def _jump(plan: Plan, axis: int, name: str) -> int:
     """Input pixels between neighbouring pixels of layer ``name``'s output, along ``axis``."""
     jumps: dict[str, int] = {"input": 1}
