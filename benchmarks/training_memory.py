@@ -40,6 +40,8 @@ import unetgen
 from unetgen.network.measure import make_optimizer, random_targets, training_step, training_step_peak
 from unetgen.network.recompute import checkpoint_levels
 from unetgen.planning.training import training_memory
+from unetgen.planning.budget import budgeted_bytes
+from unetgen.planning.cost import estimate
 
 U = unetgen.UNetSpec
 
@@ -140,6 +142,7 @@ def table() -> list[str]:
             f"{_mib(estimate.peak_bytes)} | {estimate.phase} |"
         )
         print(lines[-1], flush=True)
+    lines.append(f"\nthe CPU budget's allowance for the step's own memory (unetgen.planning.budget): {_mib(allowed)} MiB")
     return lines
 
 
@@ -184,6 +187,9 @@ def rss(repeats: int, threads: int) -> list[str]:
     memory = training_memory(plan, RSS_CASE["batch"], optimizer=RSS_CASE["optimizer"],
                              precision=RSS_CASE["precision"], device="cpu")
     working = memory.peak_bytes - memory.parameter_bytes - memory.optimizer_bytes - memory.input_bytes
+    fixed = memory.peak_bytes - working
+    allowed = budgeted_bytes(plan, estimate(plan, RSS_CASE["batch"], training=True, optimizer=RSS_CASE["optimizer"],
+                                            precision=RSS_CASE["precision"], device="cpu")) - fixed
     lines = [
         f"{RSS_CASE['preset']} {'×'.join(map(str, plan.input_size))}, batch {RSS_CASE['batch']}, "
         f"{RSS_CASE['optimizer']}, {RSS_CASE['precision']}: estimate {_mib(memory.peak_bytes)} MiB at the step's peak "
@@ -191,8 +197,8 @@ def rss(repeats: int, threads: int) -> list[str]:
         f"{_mib(memory.input_bytes)}; the step's own {_mib(working)})",
         "",
         "| allocator | resident before the step (MiB) | peak resident memory the step adds: median (min–max), MiB | "
-        "/ the estimate's step peak |",
-        "|---|---|---|---|",
+        "/ the estimate's step peak | / the CPU budget's allowance for it |",
+        "|---|---|---|---|---|",
     ]
     job = {**RSS_CASE, "threads": threads}
     for label, env in (("glibc defaults", {}), ("MALLOC_MMAP_THRESHOLD_=1MiB", {"MALLOC_MMAP_THRESHOLD_": str(2**20)})):
@@ -204,8 +210,9 @@ def rss(repeats: int, threads: int) -> list[str]:
         added = [row["peak"] - row["before"] for row in rows]
         median = statistics.median(added)
         lines.append(f"| {label} | {_mib(statistics.median(r['before'] for r in rows))} | {_mib(median)} "
-                     f"({_mib(min(added))}–{_mib(max(added))}) | {median / working:.2f} |")
+                     f"({_mib(min(added))}–{_mib(max(added))}) | {median / working:.2f} | {max(added) / allowed:.2f} |")
         print(lines[-1], flush=True)
+    lines.append(f"\nthe CPU budget's allowance for the step's own memory (unetgen.planning.budget): {_mib(allowed)} MiB")
     return lines
 
 

@@ -13,11 +13,17 @@ which instruction is missing:
   Without them onnxruntime's AVX2 kernels multiply u8×s8 pairs into 16-bit sums that can saturate, which is why
   :mod:`unetgen.export.quantize` then keeps weights to 7 bits (``reduce_range``); 64-bit ARM: ``asimddp``.
 
+The allocator matters to memory budgets: :func:`return_freed_memory` makes glibc hand freed blocks of 1 MiB or
+more back at once (``unetgen train`` calls it on the CPU), so a training step's resident memory is its live tensors
+plus oneDNN's share, and the planner's CPU budget (:data:`unetgen.planning.budget.TRAINING_OVERHEAD`) holds.
+
 No torch here: the ONNX side asks too.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -106,4 +112,33 @@ def instruction_sets() -> list[str]:
     return [flag for flag in info[1] if any(word in flag for word in keep)]
 
 
-__all__ = ["CPUINFO", "FAST_PATHS", "cpu_flags", "cpu_model", "missing_instructions", "instruction_sets"]
+#: glibc's ``mallopt`` parameter for the mmap threshold (``M_MMAP_THRESHOLD`` in ``malloc.h``).
+_M_MMAP_THRESHOLD = -3
+#: Blocks of this size or more get their own mapping, returned to the system when freed.
+MMAP_THRESHOLD = 2**20
+
+
+@lru_cache(maxsize=1)
+def return_freed_memory() -> bool:
+    """Make glibc's allocator return freed blocks of 1 MiB or more to the system at once, for this process.
+
+    By default glibc serves blocks below a *dynamic* mmap threshold (it rises up to 32 MiB as large blocks are
+    freed) from its heap, where freed blocks stay resident and fragment: a planned 2D training step used 1.30× its
+    estimate in resident memory that way, 1.02× with this setting (``benchmarks/README.md``, the planner). Setting
+    the threshold once fixes it at 1 MiB (as ``MALLOC_MMAP_THRESHOLD_=1048576`` would); the price is a fresh
+    mapping, zeroed by the kernel, for each large block.
+
+    Returns:
+        Whether the setting took (False off glibc, e.g. on macOS or musl, where nothing changes).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
+__all__ = ["CPUINFO", "FAST_PATHS", "MMAP_THRESHOLD", "cpu_flags", "cpu_model", "missing_instructions",
+           "instruction_sets", "return_freed_memory"]

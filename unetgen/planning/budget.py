@@ -15,10 +15,14 @@ rest, plus the largest layer's weights:
   :data:`INFERENCE_OVERHEAD` × the activations (input and output included);
 * a training step (the planner, :mod:`unetgen.planning.planner`): the weights, the optimizer state and the batch,
   plus :data:`TRAINING_OVERHEAD` (per device) × the rest of the step's peak (activations, what autograd saved,
-  gradients). On the CPU glibc's allocator serves blocks under its dynamic mmap threshold (which rises up to
-  32 MiB as large blocks are freed) from its heap, where freed blocks stay resident and fragment: a 2D plan whose
-  maps are ~26 MiB measured 1.49× the step's own memory with glibc's defaults, 1.10× with
-  ``MALLOC_MMAP_THRESHOLD_=1048576`` (every block of 1 MiB or more its own mapping, returned when freed).
+  gradients); on the CPU also one more copy of the largest map per sample (:func:`largest_map_bytes`): the paper
+  network's step added 1.10× its own estimate, about its largest map (oneDNN's blocked copies in the backward
+  pass), where planned nnU-Net networks added 1.01–1.02×. This holds for a process whose allocator returns freed
+  blocks: by default glibc serves blocks under its dynamic mmap threshold (which rises up to 32 MiB as large
+  blocks are freed) from its heap, where freed blocks stay resident and fragment (a planned 2D step used 107% of
+  its budget that way). ``unetgen train`` therefore fixes the threshold at 1 MiB
+  (:func:`unetgen.hardware.return_freed_memory`); a training loop of your own keeps the promise after calling that
+  function (or with ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment).
 
 On a GPU the caching allocator rounds blocks up and cuDNN takes workspaces, and the CUDA context (a few hundred MiB,
 outside PyTorch's allocator) comes on top: leave room for it in the budget you give.
@@ -31,22 +35,29 @@ import math
 from .cost import Cost
 from .plan import Plan
 
-__all__ = ["INFERENCE_OVERHEAD", "TRAINING_OVERHEAD", "budgeted_bytes", "largest_layer_bytes"]
+__all__ = ["INFERENCE_OVERHEAD", "TRAINING_OVERHEAD", "budgeted_bytes", "largest_layer_bytes", "largest_map_bytes"]
 
 #: What a pass adds to the process's peak resident memory, as a multiple of its activation estimate: at most 1.16
 #: for single passes (paper network, tiles of 380² to 1020², its core and ``unetgen.optimize``'s copy) and 1.28 in
 #: ``predict`` (tile cutting, stitching, many passes); rounded up (benchmarks/README.md).
 INFERENCE_OVERHEAD = 1.3
 #: The same for a training step, over the estimate's step peak less weights, optimizer state and batch, by device:
-#: on the CPU 1.49 measured with glibc's defaults (a planned 2D network; 1.10 with freed blocks returned: the paper
-#: network at 572²), rounded up; on CUDA 1.15, the CPU's measurement without glibc's heap (not measured on a GPU:
-#: none was available; PyTorch's caching allocator rounds blocks up and may fragment too).
-TRAINING_OVERHEAD = {"cpu": 1.5, "cuda": 1.15}
+#: on the CPU, with freed blocks returned (:func:`unetgen.hardware.return_freed_memory`, which ``unetgen train``
+#: calls), 1.01–1.02 measured for three planned networks, 1.10 for the paper network at 572² (its largest map,
+#: which the CPU budget adds on its own): 1.03; on CUDA 1.15, not measured on a GPU (none was available; PyTorch's
+#: caching allocator rounds blocks up and may fragment too).
+TRAINING_OVERHEAD = {"cpu": 1.03, "cuda": 1.15}
 
 
 def largest_layer_bytes(plan: Plan) -> int:
     """The largest convolution's weights, in fp32 bytes: the copy oneDNN makes of them in its blocked layout."""
     return max((layer.params * 4 for layer in plan.layers if layer.kind in ("conv", "conv_transpose")), default=0)
+
+
+def largest_map_bytes(plan: Plan) -> int:
+    """The largest map a layer writes, per sample, in fp32 bytes: the copy of it oneDNN's convolutions make in
+    their blocked layout (and scratch of that size) in a training step's backward pass on the CPU."""
+    return max((math.prod(layer.shape) * 4 for layer in plan.layers), default=0)
 
 
 def budgeted_bytes(plan: Plan, cost: Cost) -> int:
@@ -58,4 +69,6 @@ def budgeted_bytes(plan: Plan, cost: Cost) -> int:
     if memory is None:
         return cost.parameter_bytes + math.ceil(INFERENCE_OVERHEAD * cost.activation_bytes) + extra
     fixed = memory.parameter_bytes + memory.optimizer_bytes + memory.input_bytes
+    if memory.device == "cpu":
+        extra += largest_map_bytes(plan) * cost.batch
     return fixed + math.ceil(TRAINING_OVERHEAD[memory.device] * (memory.peak_bytes - fixed)) + extra

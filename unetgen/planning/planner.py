@@ -17,8 +17,10 @@ What differs is the sizing. nnU-Net shrinks the patch until a proportional estim
 calibrated once on a reference GPU) fits, then sets the batch from the ratio. Here the patch is shrunk by the same
 rule until the exact training estimate (:func:`unetgen.estimate` with ``training=True``, plus the measured overhead:
 :func:`unetgen.planning.budget.budgeted_bytes`) fits at the smallest batch (2), the batch is the largest that fits,
-and neighbouring patches are tried until the step fills at least :data:`FILL` of the budget, never more than all
-of it. :func:`nnunet_reference` computes nnU-Net's own choice for comparison.
+and neighbouring patches (one pooling multiple more or less per axis) are tried while the step fills more of the
+budget, never more than all of it: at least :data:`FILL` is the aim, and the search goes past it, since a step's
+measured memory is below its budgeted figure (the overhead factor is a bound). :func:`nnunet_reference` computes
+nnU-Net's own choice for comparison.
 """
 
 from __future__ import annotations
@@ -497,10 +499,9 @@ def plan_for(
             )
         topology = smaller
         best = most_batch(topology.patch, "shrunk (nnU-Net's rule)")
-    # fill the budget: neighbouring patches (one pooling multiple more or less per axis), while it helps
+    # fill the budget: neighbouring patches (one pooling multiple more or less per axis), while it helps; past
+    # FILL too, since the measured memory of a step is below its budgeted figure (the overhead is a bound)
     for _ in range(8):
-        if best.budgeted_bytes >= FILL * memory:
-            break
         improved = best
         divisible = pool_and_conv_props(spacing, best.patch).divisible_by
         for deltas in _neighbours(len(best.patch)):

@@ -36,6 +36,7 @@ try:  # the peak resident memory in the log; Unix only
 except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
+from ..hardware import return_freed_memory
 from ..errors import CheckpointError, UNetGenError
 from ..inference.predict import predict
 from ..network.checkpoint import load_weights, save
@@ -291,6 +292,8 @@ def train(
         UNetGenError: for any problem with the settings or the data (before training), or a loss that diverges.
     """
     world = join(config.device)
+    if config.device == "cpu":
+        return_freed_memory()  # resident memory = live tensors + oneDNN's share: the planner's CPU budget
     try:
         setup = prepare(config, world)
         if announce is not None and world.main:
