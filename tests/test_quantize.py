@@ -70,6 +70,12 @@ def test_an_int8_file_is_calibrated_checked_recorded_and_run(model, cells, tmp_p
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= kinds and "ConvTranspose" not in kinds
     dequantized = {out for node in proto.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     assert not [node.name for node in proto.graph.node if node.op_type == "Shape" and node.input[0] in dequantized]
+    # the first convolution reads 1 channel: it stays float32 (its weights not quantized), the others are int8
+    weights = {t.name: t for t in proto.graph.initializer}
+    float_convs = [node for node in proto.graph.node if node.op_type == "Conv" and node.input[1] in weights]
+    assert [weights[node.input[1]].dims[1] for node in float_convs] == [1]
+    assert lowered.calibration["float32_convolutions"] == 1
+    assert "1 convolution(s) on ≤ 4 channels kept float32" in text
     assert {entry.domain for entry in proto.opset_import} <= {"", "ai.onnx"}
     props = {entry.key: entry.value for entry in proto.metadata_props}
     assert props[META_PRECISION] == "int8"

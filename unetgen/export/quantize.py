@@ -9,7 +9,10 @@
   :func:`unetgen.predict` itself with a runner that records its tiles (intensity normalisation, mirroring and tile
   sizes included), so calibration sees exactly what the file will be given. Where this CPU has no VNNI the weights
   keep 7 bits (``reduce_range``): AVX2's u8×s8 products are summed in 16 bits, which full 8-bit weights can
-  overflow (one log line says so).
+  overflow (one log line says so). Convolutions that read few channels (at most :data:`FLOAT_BELOW_CHANNELS`: the
+  first one, on the image) stay float32: their dot products are too short for int8 kernels to gain, and
+  onnxruntime's int8 3D kernel ran the ``cicek3d`` preset's first convolution (3 channels in) 4.8× slower than its
+  float32 one (318 against 66 ms, a third of the whole int8 pass); in 2D (the paper's 1 channel) the two tie.
 * **where int8 is no faster** the float32 file is kept, with one log line saying why: the export times a tile
   through both files, and onnxruntime's int8 kernels lose to its float32 ones on some networks (3D maps with few
   channels, measured 1.4× slower), where an int8 file would only lose accuracy.
@@ -246,6 +249,8 @@ class PrecisionReport:
                 f"quantized to int8 ({c['format']}, weights per channel{', 7-bit' if c['reduce_range'] else ''}, "
                 f"activations {c['activations']}): calibrated ({c['method']}) on {c['tiles_used']} tiles of "
                 f"{c['images']} image{'s' if c['images'] != 1 else ''} from {c['source']}"
+                + (f"; {c['float32_convolutions']} convolution(s) on ≤ {FLOAT_BELOW_CHANNELS} channels kept float32"
+                   if c.get("float32_convolutions") else "")
             )
         else:
             out.append("converted to float16 (weights and operations; input and output float32)")
@@ -478,6 +483,18 @@ def calibration_tiles(
     return tiles, total, window
 
 
+#: Convolutions reading this many channels or fewer stay float32 in an int8 file (see the module's docstring).
+FLOAT_BELOW_CHANNELS = 4
+
+
+def few_channel_convolutions(model: onnx.ModelProto) -> list[str]:
+    """The convolutions of ``model`` whose weights read at most :data:`FLOAT_BELOW_CHANNELS` channels per group."""
+    weights = {tensor.name: tensor for tensor in model.graph.initializer}
+    return [node.name for node in model.graph.node
+            if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights
+            and weights[node.input[1]].dims[1] <= FLOAT_BELOW_CHANNELS]
+
+
 def quantize_int8(source: Path, target: Path, tiles: Sequence[np.ndarray], input_name: str) -> dict[str, Any]:
     """Write the int8 (QDQ) file of the float32 file ``source`` to ``target``, calibrated on ``tiles``.
 
@@ -500,10 +517,11 @@ def quantize_int8(source: Path, target: Path, tiles: Sequence[np.ndarray], input
         # shapes inferred (quantize_static needs them) and constants folded; onnxruntime's symbolic shape
         # inference cannot follow the lattice arithmetic of a dynamic file (floor divisions), ONNX's own suffices
         quant_pre_process(str(rewritten), str(prepared), skip_symbolic_shape=True)
+        kept_float = few_channel_convolutions(onnx.load(str(prepared)))
         quantize_static(
             str(prepared), str(target), _Tiles(input_name, tiles), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reason is not None,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=kept_float,
         )
         quantized = onnx.load(str(target))
         shapes = shapes_of_quantized_tensors(quantized)
@@ -512,11 +530,13 @@ def quantize_int8(source: Path, target: Path, tiles: Sequence[np.ndarray], input
         rewritten.unlink(missing_ok=True)
         prepared.unlink(missing_ok=True)
     log.info("int8: %d up-convolutions as 1×1 convolutions and pixel shuffles; %d shapes read after activations, "
-             "%d from int8 tensors", ups, moved, shapes)
+             "%d from int8 tensors; %d convolution(s) reading ≤ %d channels kept float32", ups, moved, shapes,
+             len(kept_float), FLOAT_BELOW_CHANNELS)
     values = np.concatenate([t.reshape(-1) for t in tiles])
     return {
         "format": "QDQ",
         "weights": "int8 per output channel",
+        "float32_convolutions": len(kept_float),
         "activations": "uint8 per tensor",
         "reduce_range": reason is not None,
         "method": "min-max",

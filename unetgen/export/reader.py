@@ -202,6 +202,8 @@ def _precision_lines(info: OnnxInfo) -> list[str]:
             f"{calibration.get('images')} images from {calibration.get('source')}; {calibration.get('format')}, "
             f"weights {calibration.get('weights')}, activations {calibration.get('activations')}"
             + (", 7-bit weights (reduce_range)" if calibration.get("reduce_range") else "")
+            + (f", {calibration['float32_convolutions']} convolution(s) on few channels kept float32"
+               if calibration.get("float32_convolutions") else "")
         )
     agreement = info.lowered(META_AGREEMENT)
     if agreement is not None:
