@@ -156,6 +156,44 @@ def test_a_batch_that_cannot_fit_is_refused(cells, tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_memory_chooses_the_largest_batch_that_fits_its_budget(cells, tmp_path, capsys, monkeypatch):
+    from unetgen.planning.budget import budgeted_bytes
+    from unetgen.training import checks
+
+    seen = {}
+    real = loop.prepare
+
+    def keep(config, world=None):
+        seen["setup"] = real(config, world)
+        raise KeyboardInterrupt  # the choice is made before training: stop there
+
+    monkeypatch.setattr(loop, "prepare", keep)
+    budget = 30 * 2**20
+    with pytest.raises(KeyboardInterrupt):
+        train(config(cells, tmp_path / "run", batch_size=None, memory="30MiB", patches_per_image=20))
+    setup = seen["setup"]
+    batch = setup.config.batch_size
+
+    def needs(n: int) -> int:
+        return budgeted_bytes(setup.plan, unetgen.estimate(setup.plan, n, training=True, optimizer="sgd",
+                                                           precision="fp32", device="cpu"))
+
+    assert 1 < batch < checks.MAX_MEMORY_BATCH and needs(batch) <= budget < needs(batch + 1)
+    # never more than the patches a process trains on per epoch
+    with pytest.raises(KeyboardInterrupt):
+        train(config(cells, tmp_path / "run2", batch_size=None, memory="30GiB", patches_per_image=1))
+    assert seen["setup"].config.batch_size == len(seen["setup"].train)
+    # a batch asked for is checked against the budget; one that cannot fit is refused in one line, before training
+    monkeypatch.setattr(loop, "prepare", real)
+    status, printed, err = run_cli(base(cells, str(tmp_path / "run3")) + ["--batch-size", "64", "--memory", "30MiB"],
+                                   capsys)
+    assert (status, printed) == (2, "") and err.count("\n") == 1
+    assert "one training step needs" in err and "more than --memory 30.0 MiB; leave out --batch-size" in err
+    status, printed, err = run_cli(base(cells, str(tmp_path / "run4")) + ["--memory", "1MiB"], capsys)
+    assert status == 2 and "even a batch of one 104×104 patch needs" in err
+    assert not (tmp_path / "run3").exists() and not (tmp_path / "run4").exists()
+
+
 def config(cells: Path, out: Path, **changes) -> TrainConfig:
     settings = dict(epochs=3, batch_size=2, val_fraction=0.2, patch_size=(64,)) | changes
     return TrainConfig(spec=str(cells / "small.yaml"), images=str(cells / "cells/images"),

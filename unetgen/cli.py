@@ -353,8 +353,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 #: ``unetgen train``'s options that map one to one onto :class:`~unetgen.training.config.TrainConfig` fields.
-_TRAIN_OPTIONS = ("instances", "val_images", "val_masks", "val_fraction", "epochs", "batch_size", "lr", "seed",
-                  "device", "precision", "recipe", "optimizer", "loss", "augment", "normalization", "w0", "sigma",
+_TRAIN_OPTIONS = ("instances", "val_images", "val_masks", "val_fraction", "epochs", "batch_size", "memory", "lr",
+                  "seed", "device", "precision", "recipe", "optimizer", "loss", "augment", "normalization", "w0", "sigma",
                   "patches_per_image")
 
 
@@ -648,6 +648,9 @@ def _parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--epochs", type=int, metavar="N", help="passes over the training images (default 50)")
     train_cmd.add_argument("--batch-size", type=int, metavar="N",
                            help="patches per step, per process (default: the recipe's, paper 1, modern 2)")
+    train_cmd.add_argument("--memory", metavar="SIZE",
+                           help="memory one step may take, e.g. 4GiB: the batch is the largest that fits it with "
+                                "the measured overhead (or --batch-size, checked against it)")
     train_cmd.add_argument("--patch-size", nargs="+", type=_input_size, metavar="N",
                            help="the input patch, on the network's lattice (default: the largest that fits)")
     train_cmd.add_argument("--lr", type=float, metavar="LR",

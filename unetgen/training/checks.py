@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import ResourceError, SizeError, UNetGenError
+from ..planning.budget import budgeted_bytes
 from ..planning.cost import estimate
-from ..planning.limits import memory_limit
+from ..planning.limits import memory_limit, parse_bytes
 from ..planning.plan import Plan, lattices, make_plan
 from ..spec.fields import UNetSpec
 from ..text import axis_names, human_bytes, size_text
@@ -124,6 +125,60 @@ def check_memory(plan: Plan, batch: int, device: str, optimizer: str, precision:
     return cost.peak_bytes
 
 
+#: The largest batch ``--memory`` chooses (a step of more patches than this is rarely what a U-Net wants).
+MAX_MEMORY_BATCH = 64
+
+
+def batch_for_memory(plan: Plan, memory: int | str, batch: int | None, device: str, optimizer: str,
+                     precision: str, most: int = MAX_MEMORY_BATCH) -> int:
+    """The batch of ``--memory``: the largest (up to :data:`MAX_MEMORY_BATCH`) whose training step fits the budget
+    with the measured overhead (:func:`unetgen.planning.budget.budgeted_bytes`, what the planner budgets), or
+    ``batch`` when given, checked against it.
+
+    Args:
+        plan: the core's plan at the patch size.
+        memory: the budget of one step, per process (bytes or e.g. ``"4GiB"``).
+        batch: the batch asked for, or None to choose it.
+        device: ``cpu`` or ``cuda``.
+        optimizer: ``sgd``, ``adam`` or ``sgd-poly``.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        most: the largest batch to choose (the patches one process trains on per epoch: more would not be used).
+
+    Returns:
+        The batch.
+
+    Raises:
+        ResourceError: when the batch asked for, or a batch of one, does not fit, with what it needs.
+    """
+    budget = memory if isinstance(memory, int) else parse_bytes(str(memory))
+    if budget <= 0:
+        raise ResourceError(f"--memory {memory}: give the memory one training step may take, e.g. 4GiB")
+
+    def needs(n: int) -> int:
+        cost = estimate(plan, batch=n, training=True, optimizer="adam" if optimizer == "adam" else "sgd",
+                        precision=precision, device=device)
+        return budgeted_bytes(plan, cost)
+
+    patch = " ".join(map(str, plan.input_size))
+    if batch is not None:
+        if needs(batch) > budget:
+            raise ResourceError(
+                f"--batch-size {batch} --patch-size {patch}: one training step needs {human_bytes(needs(batch))} with "
+                f"the measured overhead, more than --memory {human_bytes(budget)}; leave out --batch-size to get the "
+                "largest that fits, or give a smaller --patch-size"
+            )
+        return batch
+    if needs(1) > budget:
+        raise ResourceError(
+            f"--memory {human_bytes(budget)}: even a batch of one {size_text(plan.input_size)} patch needs "
+            f"{human_bytes(needs(1))} with the measured overhead; give a smaller --patch-size or a larger --memory"
+        )
+    chosen = 1
+    while chosen < min(most, MAX_MEMORY_BATCH) and needs(chosen + 1) <= budget:
+        chosen += 1
+    return chosen
+
+
 def check_device(device: str) -> None:
     """Refuse ``cuda`` where torch sees no GPU.
 
@@ -135,4 +190,5 @@ def check_device(device: str) -> None:
                            "--device cpu, or install a CUDA build of torch")
 
 
-__all__ = ["patch_plan", "patch_shape", "check_batch_norm", "check_memory", "check_device"]
+__all__ = ["MAX_MEMORY_BATCH", "patch_plan", "patch_shape", "check_batch_norm", "check_memory", "batch_for_memory",
+           "check_device"]

@@ -61,6 +61,8 @@ class TrainConfig:
         val_fraction: the share of the training pairs held out for validation instead.
         epochs: passes over the training images.
         batch_size: patches per step (per process under torchrun).
+        memory: the memory one training step may take (per process): the batch is then the largest that fits it
+            with the measured overhead, or the one given, checked against it.
         patch_size: the input patch's size per axis (one value: every axis); default the largest that fits.
         lr: the learning rate.
         seed: makes the run reproducible: weights, data order, augmentation, dropout.
@@ -87,6 +89,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     epochs: int = 50
     batch_size: int | None = None
+    memory: int | str | None = None
     patch_size: tuple[int, ...] | None = None
     lr: float | None = None
     seed: int = 0
@@ -118,7 +121,7 @@ class TrainConfig:
         _choice("--normalization", self.normalization, METHODS)
         _choice("--device", self.device, DEVICES)
         _choice("--precision", self.precision, PRECISIONS)
-        batch = self.batch_size if self.batch_size is not None else defaults["batch_size"]
+        batch = self.batch_size if self.batch_size is not None or self.memory is not None else defaults["batch_size"]
         lr = self.lr if self.lr is not None else LEARNING_RATES[optimizer]
         if (self.val_images is None) != (self.val_masks is None):
             given, missing = ("--val-images", "--val-masks") if self.val_masks is None else ("--val-masks",
@@ -127,7 +130,8 @@ class TrainConfig:
         if self.val_images is not None and self.val_fraction:
             raise UNetGenError("--val-fraction: give either validation folders or a fraction to hold out, not both")
         _number("--epochs", self.epochs, 1)
-        _number("--batch-size", batch, 1)
+        if batch is not None:
+            _number("--batch-size", batch, 1)
         _number("--patches-per-image", self.patches_per_image, 1)
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise UNetGenError(f"--lr {lr}: give a learning rate above 0, e.g. {LEARNING_RATES[optimizer]:g}")

@@ -46,7 +46,7 @@ from ..planning.plan import Plan
 from ..spec.fields import UNetSpec, load_spec
 from ..text import human_bytes, size_text
 from .augment import PAPER
-from .checks import check_batch_norm, check_device, check_memory, patch_plan, patch_shape
+from .checks import batch_for_memory, check_batch_norm, check_device, check_memory, patch_plan, patch_shape
 from .config import PATHS, RESUMABLE, TrainConfig, run_paths
 from .data import Sample, load_samples, match_pairs, split
 from .distributed import World, anyone, join, leave, total, wait
@@ -185,6 +185,11 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     train = load_samples(train_pairs, spec)
     val = load_samples(val_pairs, spec)
     plan = patch_plan(spec, [s.size for s in train], config.patch_size)
+    if config.memory is not None:
+        per_epoch = -(-len(train) * config.patches_per_image // world.size)  # patches one process sees per epoch
+        batch = batch_for_memory(plan, config.memory, config.batch_size, config.device, str(config.optimizer),
+                                 config.precision, most=per_epoch)
+        config = dataclasses.replace(config, batch_size=batch)
     batch = int(config.batch_size or 1)
     check_batch_norm(plan, batch)
     estimate = check_memory(plan, batch, config.device, str(config.optimizer), config.precision)
