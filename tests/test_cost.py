@@ -205,3 +205,31 @@ def test_receptive_field_of_huge_networks_is_a_bound_at_once():
         for axis, field in enumerate(receptive_field(plan)):
             bound = _field_bound(plan, axis)
             assert field.exact and field.size <= bound
+
+
+@pytest.mark.parametrize("spec,checkpoint", [
+    (unetgen.preset("paper"), None),
+    (unetgen.preset("modern"), None),
+    (unetgen.preset("modern"), [0, 2]),
+    (unetgen.preset("nnunet"), "levels"),
+])
+def test_training_flops_equal_torch_flop_counter_of_a_step(spec, checkpoint):
+    # forward, loss, backward on the meta device, at the preset's size; checkpointed levels run their forward twice
+    from unetgen.network.measure import random_targets
+    from unetgen.network.recompute import checkpoint_levels
+    from unetgen.planning.cost import training_macs
+
+    plan = unetgen.make_plan(spec)
+    with torch.device("meta"):
+        model = unetgen.build(spec).train()
+        x = torch.empty(2, spec.in_channels, *plan.input_size)
+    if checkpoint is not None:
+        checkpoint_levels(model, checkpoint)
+    targets = random_targets(model, x)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x)
+        outputs = out if isinstance(out, (list, tuple)) else [out]
+        loss = sum(torch.nn.functional.cross_entropy(o, t) for o, t in zip(outputs, targets))
+        loss.backward()
+    assert 2 * training_macs(plan, checkpoint) * 2 == counter.get_total_flops()

@@ -87,7 +87,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         data = plan_json(plan)
         if training is not None:
-            data["training"] = training_json(plan, training)
+            data["training"] = training_json(plan, training, levels)
         print(json.dumps(data, indent=2))
     else:
         print(render(plan, source), end="")

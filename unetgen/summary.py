@@ -202,17 +202,19 @@ def training_text(plan: Plan, cost: Cost, optimizer: str | None, precision: str,
         f"  weights {human_bytes(memory.parameter_bytes)} · gradients {human_bytes(memory.gradient_bytes)} · "
         f"optimizer state {human_bytes(memory.optimizer_bytes)} · input and targets {human_bytes(memory.input_bytes)}",
         f"  saved for backward {human_bytes(memory.saved_bytes)} (what autograd keeps when the forward pass ends)",
-        f"  {2 * training_macs(plan) * cost.batch / 1e9:,.1f} GFLOP per step (forward and backward convolutions)",
+        f"  {2 * training_macs(plan, checkpoint) * cost.batch / 1e9:,.1f} GFLOP per step (forward and backward "
+        f"convolutions{', the checkpointed levels recomputed' if checkpoint else ''})",
     ]
     return "\n".join(lines) + "\n"
 
 
-def training_json(plan: Plan, cost: Cost) -> dict[str, Any]:
-    """``unetgen build --train --json``'s ``training`` entry."""
+def training_json(plan: Plan, cost: Cost, checkpoint: Sequence[int] = ()) -> dict[str, Any]:
+    """``unetgen build --train --json``'s ``training`` entry (``checkpoint``: the checkpointed levels)."""
     memory = _training_memory(cost)
     return {
         "batch": cost.batch, "peak_bytes": memory.peak_bytes, "phase": memory.phase,
         "parameter_bytes": memory.parameter_bytes, "gradient_bytes": memory.gradient_bytes,
         "optimizer_bytes": memory.optimizer_bytes, "input_bytes": memory.input_bytes,
-        "saved_bytes": memory.saved_bytes, "flops": 2 * training_macs(plan) * cost.batch,
+        "saved_bytes": memory.saved_bytes, "flops": 2 * training_macs(plan, checkpoint) * cost.batch,
+        "checkpoint": list(checkpoint),
     }

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .plan import IN_PLACE_ACTIVATIONS, Layer, Plan
-from .training import TrainingMemory, training_memory
+from .training import TrainingMemory, recomputed_layers, training_memory
 
 __all__ = ["IN_PLACE_ACTIVATIONS", "Cost", "estimate", "layer_macs", "training_macs"]
 
@@ -87,14 +87,17 @@ def peak_activation_values(plan: Plan) -> int:
     return peak
 
 
-def training_macs(plan: Plan) -> int:
+def training_macs(plan: Plan, checkpoint: str | Sequence[int] | None = None) -> int:
     """Multiply-accumulates of one training step for one sample: the forward pass (auxiliary heads included), then
     for each convolution its weights' gradient (as many as its forward) and its input's gradient (as many again,
-    except where its input needs none: the network's input)."""
+    except where its input needs none: the network's input); with ``checkpoint`` (levels, as
+    :func:`estimate` takes them), the checkpointed levels' forward pass once more, recomputed in the backward."""
+    recomputed = recomputed_layers(plan, checkpoint)
     total = 0
     for layer in plan.layers:
         macs = layer_macs(layer)
         total += 2 * macs if layer.inputs[0] in ("input", "pad_input") else 3 * macs
+        total += macs if layer.name in recomputed else 0
     return total
 
 

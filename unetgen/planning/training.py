@@ -62,6 +62,7 @@ __all__ = [
     "TrainingMemory",
     "check_training_options",
     "checkpoint_levels",
+    "recomputed_layers",
     "training_memory",
 ]
 
@@ -165,6 +166,12 @@ def _regions(plan: Plan, levels: tuple[int, ...]) -> dict[str, int]:
                 region[name] = count
             count += bool(inside)
     return region
+
+
+def recomputed_layers(plan: Plan, checkpoint: str | Sequence[int] | None) -> frozenset[str]:
+    """The layers whose forward pass activation checkpointing of ``checkpoint`` (levels, as
+    :func:`checkpoint_levels` takes them) runs twice: once in the forward pass, once recomputed in the backward."""
+    return frozenset(_regions(plan, checkpoint_levels(plan, checkpoint)))
 
 
 class _Ledger:
