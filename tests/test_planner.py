@@ -180,6 +180,11 @@ def test_the_cpu_budget_of_a_step_counts_one_more_largest_map_per_sample():
     assert largest_map_bytes(plan) == 64 * 570 * 570 * 4
     assert budgeted_bytes(plan, step) == (fixed + math.ceil(TRAINING_OVERHEAD["cpu"] * (memory.peak_bytes - fixed))
                                           + largest_layer_bytes(plan) + 2 * 64 * 570 * 570 * 4)
+    # oneDNN copies a convolution's input only in 1D/2D and where an activation follows it directly (no norm)
+    assert largest_map_bytes(unetgen.make_plan(unetgen.preset("paper").replace(norm="instance"))) == 0
+    assert largest_map_bytes(unetgen.make_plan(unetgen.preset("cicek3d").replace(norm="none"))) == 0
+    same = unetgen.make_plan(unetgen.preset("paper").replace(padding="same", input_size=[512, 512]))
+    assert largest_map_bytes(same) == 128 * 512 * 512 * 4  # decoder.0's first convolution reads the concatenation
     cuda = unetgen.estimate(plan, 2, training=True, optimizer="sgd", precision="fp32", device="cuda")
     assert budgeted_bytes(plan, cuda) < budgeted_bytes(plan, step) + 2 * 64 * 570 * 570 * 4
 

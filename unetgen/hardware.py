@@ -123,7 +123,7 @@ def return_freed_memory() -> bool:
     """Make glibc's allocator return freed blocks of 1 MiB or more to the system at once, for this process.
 
     By default glibc serves blocks below a *dynamic* mmap threshold (it rises up to 32 MiB as large blocks are
-    freed) from its heap, where freed blocks stay resident and fragment: a planned 2D training step used 1.30× its
+    freed) from its heap, where freed blocks stay resident and fragment: a planned 2D training step used 1.39× its
     estimate in resident memory that way, 1.02× with this setting (``benchmarks/README.md``, the planner). Setting
     the threshold once fixes it at 1 MiB (as ``MALLOC_MMAP_THRESHOLD_=1048576`` would); the price is a fresh
     mapping, zeroed by the kernel, for each large block.

@@ -15,11 +15,11 @@ rest, plus the largest layer's weights:
   :data:`INFERENCE_OVERHEAD` × the activations (input and output included);
 * a training step (the planner, :mod:`unetgen.planning.planner`): the weights, the optimizer state and the batch,
   plus :data:`TRAINING_OVERHEAD` (per device) × the rest of the step's peak (activations, what autograd saved,
-  gradients); on the CPU also one more copy of the largest map per sample (:func:`largest_map_bytes`): the paper
-  network's step added 1.10× its own estimate, about its largest map (oneDNN's blocked copies in the backward
-  pass), where planned nnU-Net networks added 1.01–1.02×. This holds for a process whose allocator returns freed
-  blocks: by default glibc serves blocks under its dynamic mmap threshold (which rises up to 32 MiB as large
-  blocks are freed) from its heap, where freed blocks stay resident and fragment (a planned 2D step used 107% of
+  gradients); on the CPU also what oneDNN copies (:func:`largest_map_bytes`: in 2D networks without norms, the
+  input of the largest convolution followed by an activation, per sample; the paper network's step added 1.10× its
+  own estimate for it, networks with norms and 3D networks 0.99–1.02×). This holds for a process whose allocator
+  returns freed blocks: by default glibc serves blocks under its dynamic mmap threshold (which rises up to 32 MiB
+  as large blocks are freed) from its heap, where freed blocks stay resident and fragment (a planned 2D step used 107% of
   its budget that way). ``unetgen train`` therefore fixes the threshold at 1 MiB
   (:func:`unetgen.hardware.return_freed_memory`); a training loop of your own keeps the promise after calling that
   function (or with ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment).
@@ -43,8 +43,8 @@ __all__ = ["INFERENCE_OVERHEAD", "TRAINING_OVERHEAD", "budgeted_bytes", "largest
 INFERENCE_OVERHEAD = 1.3
 #: The same for a training step, over the estimate's step peak less weights, optimizer state and batch, by device:
 #: on the CPU, with freed blocks returned (:func:`unetgen.hardware.return_freed_memory`, which ``unetgen train``
-#: calls), 1.01–1.02 measured for three planned networks, 1.10 for the paper network at 572² (its largest map,
-#: which the CPU budget adds on its own): 1.03; on CUDA 1.15, not measured on a GPU (none was available; PyTorch's
+#: calls) and oneDNN's copy counted apart (:func:`largest_map_bytes`), 0.995–1.02 measured over eight networks
+#: (2D and 3D, with and without norms): 1.03; on CUDA 1.15, not measured on a GPU (none was available; PyTorch's
 #: caching allocator rounds blocks up and may fragment too).
 TRAINING_OVERHEAD = {"cpu": 1.03, "cuda": 1.15}
 
@@ -55,9 +55,24 @@ def largest_layer_bytes(plan: Plan) -> int:
 
 
 def largest_map_bytes(plan: Plan) -> int:
-    """The largest map a layer writes, per sample, in fp32 bytes: the copy of it oneDNN's convolutions make in
-    their blocked layout (and scratch of that size) in a training step's backward pass on the CPU."""
-    return max((math.prod(layer.shape) * 4 for layer in plan.layers), default=0)
+    """What oneDNN copies on top of a CPU training step, per sample, in fp32 bytes: in 1D and 2D networks, the input
+    of the largest convolution whose output goes straight into an activation (no norm between); 0 in 3D.
+
+    Measured (``benchmarks/README.md``, the planner section; fresh processes, freed blocks returned): the step of
+    a 2D network without norms added one such input beyond its estimate (the paper network 76.8 MiB for 79.3; at
+    512² with same padding 128.1 for 128.0; a planned nnU-Net network without its norms 49.0 for 50.0), the same
+    networks with instance or batch norm 0–10 MiB (0–0.8% of the step), and 3D networks −4 to 19 MiB with or
+    without norms (within :data:`TRAINING_OVERHEAD`'s 3%).
+    """
+    if len(plan.input_size) > 2:
+        return 0
+    consumers: dict[str, set[str]] = {}
+    for layer in plan.layers:
+        for source in layer.inputs:
+            consumers.setdefault(source, set()).add(layer.kind)
+    shapes = {layer.name: layer.shape for layer in plan.layers}
+    return max((math.prod(shapes.get(layer.inputs[0], plan.input_shape)) * 4 for layer in plan.layers
+                if layer.kind == "conv" and "act" in consumers.get(layer.name, ())), default=0)
 
 
 def budgeted_bytes(plan: Plan, cost: Cost) -> int:
