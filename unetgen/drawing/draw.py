@@ -151,6 +151,30 @@ def svg_size(svg: str) -> tuple[int, int]:
     return int(head.group(1)), int(head.group(2))
 
 
+def _document(canvas: _Canvas, width: int, height: int, label: str) -> str:
+    """The SVG file: the arrow markers, a white page, then the canvas's layers (arrows under shapes under text)."""
+    markers = "".join(
+        f'<marker id="arrow-{kind}" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="5" markerHeight="5" '
+        f'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>'
+        for kind, colour in _COLOURS.items()
+    )
+    return "\n".join(
+        [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="{_FONT}" role="img" aria-label="{_text(label)}">',
+            f"<title>{_text(label)}</title>",
+            f"<defs>{markers}</defs>",
+            f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+            *canvas.arrows,
+            *canvas.shapes,
+            *canvas.texts,
+            *canvas.legend,
+            "</svg>",
+            "",
+        ]
+    )
+
+
 def _text(value: str) -> str:
     """User or generated text, safe inside an XML element or a double-quoted attribute."""
     value = _NOT_XML.sub("", value)
@@ -518,28 +542,9 @@ class _Figure:
             y += 18 if font <= 12 else 22
         right, bottom = self._draw_legend(canvas, width - _MARGIN)
         width, height = math.ceil(max(width, right + _MARGIN)), math.ceil(bottom + _MARGIN)
-        markers = "".join(
-            f'<marker id="arrow-{kind}" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="5" markerHeight="5" '
-            f'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>'
-            for kind, colour in _COLOURS.items()
-        )
         plan = self.plan
         label = f"U-Net diagram of {self.spec.name}: input {_fmt(plan.input_shape)}, output {_fmt(plan.output_shape)}"
-        return "\n".join(
-            [
-                f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-                f'viewBox="0 0 {width} {height}" font-family="{_FONT}" role="img" aria-label="{_text(label)}">',
-                f"<title>{_text(label)}</title>",
-                f"<defs>{markers}</defs>",
-                f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-                *canvas.arrows,
-                *canvas.shapes,
-                *canvas.texts,
-                *canvas.legend,
-                "</svg>",
-                "",
-            ]
-        )
+        return _document(canvas, width, height, label)
 
     def _draw_arrows(self, canvas: _Canvas) -> None:
         levels = self.levels
@@ -763,28 +768,9 @@ class _NestedFigure(_Figure):
             y_text += 18 if font <= 12 else 22
         right, bottom = self._draw_legend(canvas, width - _MARGIN)
         width, height = math.ceil(max(width, right + _MARGIN)), math.ceil(bottom + _MARGIN)
-        markers = "".join(
-            f'<marker id="arrow-{kind}" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="5" markerHeight="5" '
-            f'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>'
-            for kind, colour in _COLOURS.items()
-        )
         label = (f"UNet++ diagram of {self.spec.name}: input {_fmt(plan.input_shape)}, "
                  f"output {_fmt(plan.output_shape)}")
-        return "\n".join(
-            [
-                f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-                f'viewBox="0 0 {width} {height}" font-family="{_FONT}" role="img" aria-label="{_text(label)}">',
-                f"<title>{_text(label)}</title>",
-                f"<defs>{markers}</defs>",
-                f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-                *canvas.arrows,
-                *canvas.shapes,
-                *canvas.texts,
-                *canvas.legend,
-                "</svg>",
-                "",
-            ]
-        )
+        return _document(canvas, width, height, label)
 
     def _bar(self, canvas: _Canvas, x: float, cy: float, kind: str, channels: int, size: tuple[int, ...],
              caption: str) -> None:
