@@ -4,151 +4,28 @@ MONAI's weights moved onto it by the key map below (every entry, one to one), th
 outputs within 1e-5 of their scale, in eval and in training mode. Needs ``monai`` (the ``monai`` extra; skipped
 without it).
 
-The key maps, MONAI → unetgen:
-
-``AttentionUnet`` (``P(l)`` = ``model.1`` followed by ``.submodule.1`` l − 1 times, for levels l = 1 … n − 1):
-
-====================================================  ================================================
-``model.0.conv.{c}.conv.*`` / ``.adn.N.*``              ``encoder.0.convs.conv{c}.*`` / ``norm{c}.*``
-``P(l).submodule.0.conv.{c}.conv.*`` / ``.adn.N.*``     ``encoder.{l}.convs.conv{c}.*`` / ``norm{c}.*``
-``P(n−1).submodule.conv.{c}.conv.*`` / ``.adn.N.*``     ``bottleneck.convs.conv{c}.*`` / ``norm{c}.*``
-``P(l).upconv.up.conv.*`` / ``.adn.N.*``                ``decoder.{l−1}.up.conv.*`` / ``up.norm.*``
-``P(l).attention.W_g.0.conv.*`` / ``W_g.1.*``           ``decoder.{l−1}.gate.query.*`` / ``query_norm.*``
-``P(l).attention.W_x.0.conv.*`` / ``W_x.1.*``           ``decoder.{l−1}.gate.key.*`` / ``key_norm.*``
-``P(l).attention.psi.0.conv.*`` / ``psi.1.*``           ``decoder.{l−1}.gate.psi.*`` / ``psi_norm.*``
-``P(l).merge.conv.*`` / ``P(l).merge.adn.A.weight``     ``decoder.{l−1}.convs.conv0.*`` / ``convs.act0.weight``
-``model.2.conv.*``                                      ``head.*``
-====================================================  ================================================
-
-``BasicUNetPlusPlus``:
-
-====================================================  ================================================
-``conv_0_0.conv_{c}.conv.*`` / ``.adn.N.*``             ``encoder.0.convs.conv{c}.*`` / ``norm{c}.*``
-``conv_{i}_0.convs.conv_{c}.conv.*`` / ``.adn.N.*``     ``encoder.{i}.convs.…`` (``bottleneck.convs.…`` for i = 4)
-``upcat_{i}_{j}.upsample.deconv.*``                     ``nested.{i}.{j}.up.*``
-``upcat_{i}_{j}.convs.conv_{c}.conv.*`` / ``.adn.N.*``  ``nested.{i}.{j}.convs.conv{c}.*`` / ``norm{c}.*``
-``final_conv_0_{j}.*``                                  ``nested.0.{j}.head.*`` (``head.*`` for j = 4)
-====================================================  ================================================
-
-What the specs cannot say, and so the tests do not use: a ``kernel_size`` other than 3 in ``AttentionUnet`` (its
-merge convolution stays 3×3), dropout in training mode (random), and ``BasicUNetPlusPlus`` features other than
-``(a, a, 2a, 4a, 8a, a)`` (MONAI's default is one: its up-convolutions halve their input, but keep it into the top
-row, which unetgen's ``up_channels: halve`` matches when the widths double below the first level), or sizes its
-``max-pool`` would floor (MONAI pads the up-sampled map there; unetgen refuses the size, or mirrors with
-``output: same``). MONAI builds all four heads of ``BasicUNetPlusPlus`` with or without deep supervision, so the
-spec has ``deep_supervision: 3`` for both; without it MONAI returns the last head's output, which is unetgen's main
-output in eval mode.
+The key maps and what the specs cannot say: ``unetgen/interop/monai.py`` (its docstring), whose functions these
+tests use; ``from_monai`` is tested at the end.
 """
 
 from __future__ import annotations
-
-import re
 
 import pytest
 import torch
 
 import unetgen
+from unetgen.errors import NotExpressible
+from unetgen.interop.monai import (
+    attention_unet_key,
+    attention_unet_spec,
+    basic_unetplusplus_key,
+    basic_unetplusplus_spec,
+    from_monai,
+)
 
 nets = pytest.importorskip(
     "monai.networks.nets", reason="monai is not installed (pip install -c .ci/constraints.txt -e '.[monai]')"
 )
-
-
-# --- AttentionUnet ----------------------------------------------------------------------------------------------
-
-
-def attention_unet_spec(spatial_dims: int, in_channels: int, out_channels: int, channels: tuple[int, ...],
-                        strides: tuple[int, ...], up_kernel_size: int = 3) -> unetgen.UNetSpec:
-    """The unetgen spec of ``monai.networks.nets.AttentionUnet(spatial_dims, in_channels, out_channels, channels,
-    strides, kernel_size=3, up_kernel_size, dropout=0.0)``."""
-    depth = len(channels)
-    return unetgen.UNetSpec(
-        name="monai-attention-unet", spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-        depth=depth, channels=list(channels), pool_sizes=list(strides[: depth - 1]), downsampling="conv",
-        padding="same", norm="batch", conv_bias=True, activation="relu", decoder_convs=1, decoder_norm="instance",
-        decoder_norm_affine=False, decoder_activation="prelu", up_kernel_size=up_kernel_size, up_norm_act=True,
-        skip_gate="attention",
-    )
-
-
-def attention_unet_key(key: str, depth: int) -> str:
-    """A MONAI ``AttentionUnet`` state-dict key → unetgen's (the table in this module's docstring)."""
-    norm = r"\.adn\.N\."
-    simple = [
-        (r"^model\.0\.conv\.(\d+)\.conv\.(.+)$", r"encoder.0.convs.conv\1.\2"),
-        (rf"^model\.0\.conv\.(\d+){norm}(.+)$", r"encoder.0.convs.norm\1.\2"),
-        (r"^model\.2\.conv\.(.+)$", r"head.\1"),
-    ]
-    for pattern, target in simple:
-        if re.match(pattern, key):
-            return re.sub(pattern, target, key)
-    match = re.match(r"^model\.1((?:\.submodule\.1)*)\.(.+)$", key)
-    assert match, key
-    level = 1 + match.group(1).count(".submodule.1")
-    rest = match.group(2)
-    encoder = "bottleneck" if level == depth - 1 else f"encoder.{level}"
-    decoder = f"decoder.{level - 1}"
-    table = [
-        (r"^submodule(?:\.0)?\.conv\.(\d+)\.conv\.(.+)$", rf"{encoder}.convs.conv\1.\2"),
-        (rf"^submodule(?:\.0)?\.conv\.(\d+){norm}(.+)$", rf"{encoder}.convs.norm\1.\2"),
-        (r"^upconv\.up\.conv\.(.+)$", rf"{decoder}.up.conv.\1"),
-        (rf"^upconv\.up{norm}(.+)$", rf"{decoder}.up.norm.\1"),
-        (r"^attention\.W_g\.0\.conv\.(.+)$", rf"{decoder}.gate.query.\1"),
-        (r"^attention\.W_g\.1\.(.+)$", rf"{decoder}.gate.query_norm.\1"),
-        (r"^attention\.W_x\.0\.conv\.(.+)$", rf"{decoder}.gate.key.\1"),
-        (r"^attention\.W_x\.1\.(.+)$", rf"{decoder}.gate.key_norm.\1"),
-        (r"^attention\.psi\.0\.conv\.(.+)$", rf"{decoder}.gate.psi.\1"),
-        (r"^attention\.psi\.1\.(.+)$", rf"{decoder}.gate.psi_norm.\1"),
-        (r"^merge\.conv\.(.+)$", rf"{decoder}.convs.conv0.\1"),
-        (r"^merge\.adn\.A\.(.+)$", rf"{decoder}.convs.act0.\1"),
-    ]
-    for pattern, target in table:
-        if re.match(pattern, rest):
-            return re.sub(pattern, target, rest)
-    raise KeyError(key)
-
-
-# --- BasicUNetPlusPlus ------------------------------------------------------------------------------------------
-
-
-def basic_unetplusplus_spec(spatial_dims: int, in_channels: int, out_channels: int,
-                            features: tuple[int, ...] = (32, 32, 64, 128, 256, 32)) -> unetgen.UNetSpec:
-    """The unetgen spec of ``monai.networks.nets.BasicUNetPlusPlus(spatial_dims, in_channels, out_channels,
-    features)`` with its default norm (instance, affine), activation (leaky ReLU 0.1), ``deconv`` up-sampling and no
-    dropout, with or without deep supervision (MONAI builds every head either way)."""
-    a = features[0]
-    if tuple(features) != (a, a, 2 * a, 4 * a, 8 * a, a):
-        raise ValueError(f"features {features}: unetgen's up_channels matches MONAI's for (a, a, 2a, 4a, 8a, a)")
-    return unetgen.UNetSpec(
-        name="monai-basic-unetplusplus", spatial_dims=spatial_dims, in_channels=in_channels,
-        out_channels=out_channels, depth=5, channels=list(features[:5]), padding="same", norm="instance",
-        conv_bias=True, activation="leaky_relu", negative_slope=0.1, skips="nested", deep_supervision=3,
-    )
-
-
-def basic_unetplusplus_key(key: str) -> str:
-    """A MONAI ``BasicUNetPlusPlus`` state-dict key → unetgen's (the table in this module's docstring)."""
-    def level(i: str) -> str:
-        return "bottleneck" if i == "4" else f"encoder.{i}"
-
-    table = [
-        (r"^conv_0_0\.conv_(\d+)\.conv\.(.+)$", lambda m: f"encoder.0.convs.conv{m[1]}.{m[2]}"),
-        (r"^conv_0_0\.conv_(\d+)\.adn\.N\.(.+)$", lambda m: f"encoder.0.convs.norm{m[1]}.{m[2]}"),
-        (r"^conv_(\d+)_0\.convs\.conv_(\d+)\.conv\.(.+)$", lambda m: f"{level(m[1])}.convs.conv{m[2]}.{m[3]}"),
-        (r"^conv_(\d+)_0\.convs\.conv_(\d+)\.adn\.N\.(.+)$", lambda m: f"{level(m[1])}.convs.norm{m[2]}.{m[3]}"),
-        (r"^upcat_(\d+)_(\d+)\.upsample\.deconv\.(.+)$", lambda m: f"nested.{m[1]}.{m[2]}.up.{m[3]}"),
-        (r"^upcat_(\d+)_(\d+)\.convs\.conv_(\d+)\.conv\.(.+)$",
-         lambda m: f"nested.{m[1]}.{m[2]}.convs.conv{m[3]}.{m[4]}"),
-        (r"^upcat_(\d+)_(\d+)\.convs\.conv_(\d+)\.adn\.N\.(.+)$",
-         lambda m: f"nested.{m[1]}.{m[2]}.convs.norm{m[3]}.{m[4]}"),
-        (r"^final_conv_0_4\.(.+)$", lambda m: f"head.{m[1]}"),
-        (r"^final_conv_0_(\d+)\.(.+)$", lambda m: f"nested.0.{m[1]}.head.{m[2]}"),
-    ]
-    for pattern, target in table:
-        match = re.match(pattern, key)
-        if match:
-            return target(match)
-    raise KeyError(key)
 
 
 # --- the comparison ---------------------------------------------------------------------------------------------
@@ -265,3 +142,44 @@ def test_basic_unetplusplus(name, deep_supervision):
             assert len(expected) == 1
             main = got[0] if isinstance(got, list) else got  # training mode returns every head
             _close(main, expected[0])
+
+
+# --- from_monai ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nets.AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2)),
+    lambda: nets.AttentionUnet(spatial_dims=3, in_channels=2, out_channels=3, channels=(4, 8, 8), strides=(2, 1),
+                               up_kernel_size=5),
+    lambda: nets.BasicUNetPlusPlus(spatial_dims=2, in_channels=3, out_channels=2, features=(4, 4, 8, 16, 32, 4)),
+    lambda: nets.BasicUNetPlusPlus(spatial_dims=3, in_channels=1, out_channels=2, features=(2, 2, 4, 8, 16, 2),
+                                   deep_supervision=True),
+], ids=["attention-2d", "attention-3d-up-kernel-5", "unetpp-2d", "unetpp-3d-ds"])
+def test_from_monai_reads_the_configuration_and_moves_the_weights(make):
+    theirs = make()
+    _randomise(theirs)
+    theirs.eval()
+    ours = from_monai(theirs)
+    assert not ours.training and _parameters(ours) == _parameters(theirs)
+    size = (32, 32) if ours.spec.spatial_dims == 2 else (32, 32, 32)
+    x = torch.randn(1, ours.spec.in_channels, *size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = theirs(x)
+        got = ours(x)
+    _close(got, expected[-1] if isinstance(expected, (list, tuple)) else expected)
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: nets.AttentionUnet(2, 1, 2, channels=(4, 8), strides=(2,), kernel_size=5), "kernel_size=5"),
+    (lambda: nets.AttentionUnet(2, 1, 2, channels=(4, 8), strides=(2,), dropout=0.1), "dropout=0.1"),
+    (lambda: nets.BasicUNetPlusPlus(2, 1, 2, features=(4, 8, 8, 16, 32, 4)), "features (4, 8, 8, 16, 32, 4)"),
+    (lambda: nets.BasicUNetPlusPlus(2, 1, 2, features=(4, 4, 8, 16, 32, 4), norm="batch"), "norm ['BatchNorm2d']"),
+    (lambda: nets.BasicUNetPlusPlus(2, 1, 2, features=(4, 4, 8, 16, 32, 4), act="relu"), "activation [('ReLU'"),
+    (lambda: nets.BasicUNetPlusPlus(2, 1, 2, features=(4, 4, 8, 16, 32, 4), upsample="nontrainable"),
+     "upsample='deconv'"),
+    (lambda: nets.UNet(2, 1, 2, channels=(4, 8), strides=(2,)), "UNet: from_monai takes AttentionUnet or"),
+])
+def test_from_monai_refuses_what_it_cannot_reproduce_by_name(make, words):
+    with pytest.raises(NotExpressible) as refused:
+        from_monai(make())
+    assert words in str(refused.value) and "\n" not in str(refused.value)

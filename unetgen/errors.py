@@ -34,6 +34,11 @@ class ExportError(UNetGenError):
     """An ONNX export that fails its checks (nothing is written), or an ONNX file unetgen cannot read."""
 
 
+class NotExpressible(UNetGenError):
+    """Another library's network that unetgen cannot reproduce exactly (refused by name, never approximated), or a
+    unetgen network the other library cannot express."""
+
+
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, or an empty string.
 

@@ -1,1 +1,1 @@
-"""Other libraries' U-Nets as unetgen specs and weights, and back: nnU-Net (``nnunet.py``)."""
+"""Other libraries' U-Nets as unetgen specs and weights, and back: nnU-Net (``nnunet.py``), MONAI (``monai.py``)."""

@@ -23,16 +23,12 @@ import numpy as np
 import torch
 import yaml
 
-from ..errors import CheckpointError, UNetGenError, did_you_mean
+from ..errors import CheckpointError, NotExpressible, UNetGenError, did_you_mean
 from ..files import check_target, staging, writing
 from ..network.checkpoint import save
 from ..network.unet import UNet, build
 from ..planning.plan import Layer, Plan, make_plan
 from ..spec.fields import UNetSpec, load_spec, spec_from_dict
-
-
-class NotExpressible(UNetGenError):
-    """An nnU-Net network that unetgen cannot reproduce exactly, or a unetgen network nnU-Net cannot express."""
 
 
 #: The DNA classes unetgen reproduces, by the last part of their names.
