@@ -281,7 +281,9 @@ def train(
     """Train a network as ``unetgen train`` does: check everything, then train and keep the run's files.
 
     Under ``torchrun`` each process trains on its share of every step's patches (DistributedDataParallel: gloo on
-    CPUs, nccl on GPUs) and the first process writes the files. The caller's random state is left as it was.
+    CPUs, nccl on GPUs) and the first process writes the files. The caller's random state is left as it was. On the
+    CPU it makes glibc return freed blocks of 1 MiB or more at once, for the rest of the process
+    (:func:`unetgen.hardware.return_freed_memory`): what the memory budgets assume.
 
     Args:
         config: the settings.
