@@ -2,7 +2,7 @@
 
 One bar per feature map: the channels above it, the spatial size beside it (rotated, as in the paper), the encoder
 going down the left, the decoder up the right, and arrows coloured by operation with a legend. Every number comes
-from the :class:`~unetgen.plan.Plan`, so the picture shows the network the user configured at the size they gave:
+from the :class:`~unetgen.planning.plan.Plan`, so the picture shows the network the user configured at the size they gave:
 its depth and widths, the crop of each skip connection (a dashed box on the encoder map and a label on the
 copy-and-crop arrow), the mirror padding and output crop of ``output: same``, the up-sampling kind and the norm.
 
@@ -21,6 +21,7 @@ from ..errors import UNetGenError
 from ..planning.plan import Layer, Plan, make_plan
 from ..planning.sizes import level_name
 from ..spec.fields import UNetSpec, load_spec
+from ..text import size_text as _fmt
 
 _FONT = "Helvetica, Arial, 'Liberation Sans', 'DejaVu Sans', sans-serif"
 _CHANNEL_FONT = 12  # channel counts above bars
@@ -183,10 +184,6 @@ def _text(value: str) -> str:
 
 def _num(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".")
-
-
-def _fmt(size: tuple[int, ...]) -> str:
-    return "×".join(str(s) for s in size)
 
 
 def _text_width(text: str, font: float) -> float:
