@@ -19,8 +19,8 @@ rest, plus the largest layer's weights:
   input of the largest convolution followed by an activation, per sample; the paper network's step added 1.10× its
   own estimate for it, networks with norms and 3D networks 0.99–1.02×). This holds for a process whose allocator
   returns freed blocks: by default glibc serves blocks under its dynamic mmap threshold (which rises up to 32 MiB
-  as large blocks are freed) from its heap, where freed blocks stay resident and fragment (a planned 2D step used 107% of
-  its budget that way). ``unetgen train`` therefore fixes the threshold at 1 MiB
+  as large blocks are freed) from its heap, where freed blocks stay resident and fragment (planned steps used
+  102–132% of their budgets that way). ``unetgen train`` therefore fixes the threshold at 1 MiB
   (:func:`unetgen.hardware.return_freed_memory`); a training loop of your own keeps the promise after calling that
   function (or with ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment).
 
@@ -58,12 +58,11 @@ def largest_map_bytes(plan: Plan) -> int:
     """What oneDNN copies on top of a CPU training step, per sample, in fp32 bytes: in 1D and 2D networks, the input
     of the largest convolution whose output goes straight into an activation (no norm between); 0 in 3D.
 
-    Measured (``benchmarks/README.md``, the planner section; fresh processes, freed blocks returned): the step of
-    a 2D network without norms added one such input beyond its estimate (the paper network 76.8 MiB for 79.3; at
-    512² with same padding 128.1 for 128.0; a planned nnU-Net network without its norms 49.0 for 50.0), the same
-    networks with instance or batch norm 0–10 MiB (0–0.8% of the step), and 3D networks −4 to 19 MiB with or
-    without norms (within :data:`TRAINING_OVERHEAD`'s 3%).
-    """
+    Measured (``benchmarks/cpu_training_overhead.py``; fresh processes, freed blocks returned): the step of a 2D
+    network without norms added one such input beyond its estimate (the paper network 76.9 MiB for 79.3; at 512²
+    with same padding 128.0 for 128.0; a planned nnU-Net 2D network without its norms 60.0 for 60.0), the same
+    networks with instance or batch norm −4 to 10 MiB (at most 0.9% of the step), and 3D networks −3 to 0 MiB with
+    or without norms (within :data:`TRAINING_OVERHEAD`'s 3%).
     if len(plan.input_size) > 2:
         return 0
     consumers: dict[str, set[str]] = {}
