@@ -63,6 +63,7 @@ def largest_map_bytes(plan: Plan) -> int:
     with same padding 128.0 for 128.0; a planned nnU-Net 2D network without its norms 60.0 for 60.0), the same
     networks with instance or batch norm −4 to 10 MiB (at most 0.9% of the step), and 3D networks −3 to 0 MiB with
     or without norms (within :data:`TRAINING_OVERHEAD`'s 3%).
+    """
     if len(plan.input_size) > 2:
         return 0
     consumers: dict[str, set[str]] = {}
