@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "unetgen"
 SHAPING = ("padding", "padding_mode", "upsampling", "interpolation", "block", "norm", "norm_groups", "activation",
            "negative_slope", "dropout", "dropout_at", "kernel_size", "kernel_sizes", "pool_sizes", "kernel(", "pool(",
            "conv_widths", "level_channels", "convs_per_level", "channels", "width", "growth", "max_channels",
-           "up_channels", "conv_bias", "uses_conv_bias", "up_bias", "output", "final_activation", "depth")
+           "up_channels", "conv_bias", "uses_conv_bias", "up_bias", "output", "final_activation", "depth",
+           "skip_gate", "gate_levels", "gate_reduction", "gates_per_level", "gating_conv", "fused_heads")
 
 
 def _modules() -> dict[str, Path]:

@@ -49,36 +49,52 @@ def test_unetpp_preset_is_zhous_nest_net():
     assert len(dropouts) == 2 * 15 and {layer.value for layer in dropouts} == {0.5}  # after every convolution
 
 
-def test_attention_preset_is_oktays_network_less_what_unetgen_does_not_build():
+def test_attention_preset_is_oktays_published_network():
     spec = unetgen.preset("attention")
     plan = unetgen.make_plan(spec)
     assert plan.input_shape == (1, 160, 160, 96) and plan.output_shape == (4, 160, 160, 96)
+    assert plan.parameters == OKTAY_MULTI  # unet_CT_multi_att_dsv_3D, counted from the authors' code
     gates = [block.name for block in plan.blocks if block.name.endswith(".gate")]
     assert gates == ["decoder.3.gate", "decoder.2.gate", "decoder.1.gate"]  # levels 2–4 in the paper's numbering
-    # The parts of the authors' network unetgen does not build, counted from their code:
-    # the gating signal UnetGridGatingSignal3(256, 256): a 1×1×1 convolution and batch norm;
-    gating = 256 * 256 + 256 + 2 * 256
-    # per gated level (C channels, gated by G): a second _GridAttentionBlockND (theta 2×2×2 without bias, phi, psi,
-    # W = 1×1×1 convolution + batch norm) and combine_gates (1×1×1 convolution 2C → C + batch norm);
+
+    # its parts, as the authors' modules count them: the gating signal UnetGridGatingSignal3(256, 256) (a 1×1×1
+    # convolution, batch norm, ReLU) on the bottleneck;
+    assert plan.block("decoder.3.signal").params == 256 * 256 + 256 + 2 * 256
+
+    # per gated level (C channels, gated by G): two _GridAttentionBlockND (theta 2×2×2 without bias, phi, psi, W =
+    # 1×1×1 convolution + batch norm; inner channels = C) and combine_gates (1×1×1 convolution 2C → C + batch norm);
     def gate(c: int, g: int) -> int:
         return c * c * 8 + (g * c + c) + (c + 1) + (c * c + c + 2 * c)
 
     def combine(c_in: int, c: int) -> int:
         return c_in * c + c + 2 * c
 
-    levels = [(128, 256), (64, 128), (32, 64)]
-    multi = sum(gate(c, g) + combine(2 * c, c) for c, g in levels)
-    single = sum(combine(c, c) for c, _ in levels)
-    # deep supervision: 1×1×1 convolutions to 4 classes from 128, 64, 32 and 16 channels and a final one from 4 × 4,
-    # where unetgen has one head from 16.
-    dsv = sum(c * 4 + 4 for c in (128, 64, 32, 16)) + (16 * 4 + 4) - (16 * 4 + 4)
-    assert plan.parameters + gating + multi + dsv == OKTAY_MULTI
-    assert plan.parameters + gating + single + dsv == OKTAY_SINGLE
-    # the gate itself is the authors' _GridAttentionBlockND, inner channels = the skip's (inter_size = in_size)
-    assert plan.block("decoder.3.gate").params == gate(128, 256)
-    key = plan.layer("decoder.3.gate.key")
+    for level, (c, g) in zip((3, 2, 1), [(128, 256), (64, 128), (32, 64)]):
+        assert plan.block(f"decoder.{level}.gate").params == 2 * gate(c, g) + combine(2 * c, c)
+    key = plan.layer("decoder.3.gate.gates.0.key")
     assert key.kernel == key.stride == (2, 2, 2) and not key.bias
-    assert plan.layer("decoder.3.gate.resample").mode == "trilinear"
+    assert plan.layer("decoder.3.gate.gates.0.resample").mode == "trilinear"
+    # deep supervision UnetDsv3 (1×1×1 convolutions to 4 classes, up-sampled ×8, ×4, ×2) fused by a final 1×1×1
+    # convolution from 4 × 4 channels: the network's output
+    assert [plan.block(f"decoder.{level}.dsv").params for level in (3, 2, 1, 0)] == [c * 4 + 4 for c in
+                                                                                    (128, 64, 32, 16)]
+    assert plan.layer("decoder.3.dsv.up").stride == (8, 8, 8) and plan.layer("fused").shape[0] == 16
+    assert plan.block("head").params == 16 * 4 + 4
+    # unet_CT_single_att_dsv_3D: one gate per level, still followed by its combining convolution (C → C)
+    single = unetgen.make_plan(spec.replace(gates_per_level=1)).parameters
+    assert single + sum(combine(c, c) for c in (128, 64, 32)) == OKTAY_SINGLE
+
+
+@pytest.mark.parametrize("bad,words", [
+    (dict(gates_per_level=2), "gates_per_level: is a part of Oktay et al.'s grid gate"),
+    (dict(skip_gate="grid_attention", gating_conv=True, gate_levels=[0]), "feeds the deepest gate (level 2), which"),
+    (dict(fused_heads=True), "fused_heads: needs padding: same"),
+    (dict(fused_heads=True, padding="same", deep_supervision=1), "replaces the auxiliary heads"),
+])
+def test_oktays_parts_are_refused_where_they_do_not_apply(bad, words):
+    with pytest.raises(unetgen.SpecError) as refused:
+        unetgen.spec_from_dict({"depth": 4, **bad})
+    assert words in str(refused.value) and len(str(refused.value).splitlines()) == 1
 
 
 # --- plan == module ---------------------------------------------------------------------------------------------
@@ -253,6 +269,7 @@ def test_attention_maps_are_what_each_gate_multiplies_by(gate):
 
 @pytest.mark.parametrize("changes", [
     dict(skip_gate="grid_attention", norm="batch"),
+    dict(skip_gate="grid_attention", norm="batch", gates_per_level=2, gating_conv=True),
     dict(skip_gate="attention", upsampling="upsample_conv", interpolation="linear"),
     dict(skips="nested"),
     dict(skips="nested", upsampling="interpolate", interpolation="linear", pool_sizes=[3, 2]),
@@ -347,6 +364,8 @@ COMPILED = {
                          output="same"),
     "grid-attention-valid": U(depth=3, width=2, skip_gate="grid_attention", norm="batch"),
     "nested-valid-heads": U(depth=3, width=2, skips="nested", deep_supervision=1),
+    "oktay": U(depth=3, width=2, skip_gate="grid_attention", gates_per_level=2, gating_conv=True, fused_heads=True,
+               padding="same", norm="batch"),
     "nested-same": U(depth=3, width=2, skips="nested", padding="same", norm="instance", output="same",
                      upsampling="upsample_conv", up_norm_act=True, final_activation="softmax"),
 }
@@ -415,7 +434,8 @@ def test_summary_names_the_gates_and_nodes(capsys):
 
     assert main(["build", "attention"]) == 0
     out = capsys.readouterr().out
-    assert "decoder.3.gate" in out and "grid attention gate (Oktay): skip × σ" in out and "6,124,695 parameters" in out
+    assert "decoder.3.gate" in out and "2 grid attention gates (Oktay, 128 ch each)" in out
+    assert "decoder.3.signal" in out and "decoder.0.dsv" in out and "6,473,322 parameters" in out
     assert main(["build", "unetpp"]) == 0
     out = capsys.readouterr().out
     assert "nested.1.3" in out and "concat X(1, 0), X(1, 1), X(1, 2)" in out and "9,041,601 parameters" in out

@@ -89,6 +89,10 @@ VARIANTS = [
     U(width=4, depth=4, padding="same", norm="batch", deep_supervision=2, final_activation="softmax"),
     U(width=4, depth=3, skip_gate="attention", norm="batch"),
     U(width=4, depth=3, skip_gate="grid_attention", padding="same"),
+    U(width=4, depth=4, skip_gate="grid_attention", gates_per_level=2, gating_conv=True, fused_heads=True,
+      padding="same", norm="batch", gate_reduction=1),
+    U(spatial_dims=3, width=2, depth=3, skip_gate="grid_attention", gates_per_level=2, gating_conv=True,
+      fused_heads=True, padding="same", norm="instance"),
     U(width=4, depth=3, skips="nested", padding="same", norm="instance", deep_supervision=1),
 ]
 

@@ -279,6 +279,27 @@ class AttentionGate(nn.Module):
             self.act(self.key_norm(self.key(x)) + self.query_norm(self.query(g)))))))
 
 
+class MultiGate(nn.Module):
+    """Oktay et al.'s MultiAttentionBlock (``gates_per_level: 2``): two attention gates on the same skip and gating
+    signal, their outputs concatenated and combined by a 1×1 convolution, norm and activation."""
+
+    def __init__(self, gates: list[AttentionGate], combine: nn.Module) -> None:
+        """Args:
+        gates: the gates (``gate.gates.0``, ``gate.gates.1``).
+        combine: the 1×1 convolution, norm and activation, in a row (``gate.combine``).
+        """
+        super().__init__()
+        self.gates = nn.ModuleList(gates)
+        self.combine = combine
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Gate the skip ``x`` by ``g`` with each gate and combine the outputs."""
+        gated: List[torch.Tensor] = []
+        for gate in self.gates:
+            gated.append(gate(x, g))
+        return self.combine(torch.cat(gated, dim=1))
+
+
 class NoGate(nn.Module):
     """The skip as it is (a level without an attention gate)."""
 

@@ -21,6 +21,7 @@ from .layers import (
     CentreCrop,
     ConvBlock,
     MirrorPad,
+    MultiGate,
     NestedNode,
     NoGate,
     OutputCrop,
@@ -74,7 +75,8 @@ class DecoderLevel(nn.Module):
     concatenation, convolutions."""
 
     def __init__(self, up: nn.Module, crop: CentreCrop, convs: nn.Module, head: nn.Module | None = None,
-                 gate: nn.Module | None = None, gate_on_up: bool = True) -> None:
+                 gate: nn.Module | None = None, gate_on_up: bool = True, signal: nn.Module | None = None,
+                 dsv: nn.Module | None = None) -> None:
         """Args:
         up: the up-convolution.
         crop: the skip connection's centre crop, its margins from the plan.
@@ -83,6 +85,8 @@ class DecoderLevel(nn.Module):
         gate: the skip's attention gate, or None.
         gate_on_up: whether the gate's gating signal is the up-sampled map (MONAI's design) rather than the map
             below (Oktay et al.'s grid gate).
+        signal: what the gating signal passes first (``gating_conv``), or None.
+        dsv: the level's 1×1 convolution (and up-sampling) fused into the output (``fused_heads``), or None.
         """
         super().__init__()
         self.up = up
@@ -92,10 +96,13 @@ class DecoderLevel(nn.Module):
         self.convs = convs
         self.has_head: bool = head is not None
         self.head = head if head is not None else nn.Identity()
+        self.signal = signal if signal is not None else nn.Identity()
+        self.has_dsv: bool = dsv is not None
+        self.dsv = dsv if dsv is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         up = self.up(x)
-        skip = self.gate(self.crop(skip), up if self.gate_on_up else x)
+        skip = self.gate(self.crop(skip), self.signal(up if self.gate_on_up else x))
         return self.convs(torch.cat([skip, up], dim=1))
 
 
@@ -169,12 +176,18 @@ class UNet(nn.Module):
             prefix = f"decoder.{skip.level}"
             crop = own_module(layers, f"{prefix}.crop", dims)
             head = own_module(layers, f"{prefix}.head", dims)
-            gate = None
+            gate: nn.Module | None = None
             if f"{prefix}.gate.mul" in names:
                 gate = AttentionGate(modules_under(layers, f"{prefix}.gate.", dims))
-            gate_on_up = f"{prefix}.gate.resample" not in names
+            elif f"{prefix}.gate.gates.0.mul" in names:  # gates_per_level: 2
+                gates = [AttentionGate(modules_under(layers, f"{prefix}.gate.gates.{i}.", dims)) for i in range(2)]
+                gate = MultiGate(gates, ConvBlock(modules_under(layers, f"{prefix}.gate.combine.", dims)))
+            gate_on_up = not any(f"{prefix}.gate.{part}resample" in names for part in ("", "gates.0."))
+            signal = modules_under(layers, f"{prefix}.signal.", dims)
+            dsv = modules_under(layers, f"{prefix}.dsv.", dims)
             decoder[str(skip.level)] = DecoderLevel(up(prefix), crop, block(f"{prefix}.convs."), head, gate,
-                                                    gate_on_up)
+                                                    gate_on_up, ConvBlock(signal) if signal else None,
+                                                    nn.Sequential(dsv) if dsv else None)
         for level in reversed(range(plan.depth - 1) if is_nested else ()):  # UNet++'s nodes, bottom row first
             row: dict[str, nn.Module] = {}
             for column in range(1, plan.depth - level):
@@ -192,6 +205,8 @@ class UNet(nn.Module):
         self.nested = nn.ModuleDict(nested)
         self.is_nested: bool = bool(nested)
         self.head = own_module(layers, "head", dims)
+        #: Whether the output fuses every decoder level's classes (``fused_heads``).
+        self.fused_heads: bool = "fused" in names
         self.pad_input = MirrorPad()
         self.crop_output = OutputCrop()
         self.final = own_module(layers, "final", dims) or nn.Identity()
@@ -269,18 +284,25 @@ class UNet(nn.Module):
             skips.append(x)
         x = self.bottleneck(x)
         auxiliary: List[torch.Tensor] = []
+        fused: List[torch.Tensor] = []
         for level in self.decoder.values():
             # DecoderLevel.forward, inlined so that each tensor is released as soon as it has been used: the
             # map from below once it is up-sampled (and gated), the skip once it is concatenated.
             skip = skips.pop()
             up = level.up(x)
-            gated = level.gate(level.crop(skip), up if level.gate_on_up else x)
+            gated = level.gate(level.crop(skip), level.signal(up if level.gate_on_up else x))
             x = torch.cat([gated, up], dim=1)
             del skip, up, gated
             x = level.convs(x)
+            if level.has_dsv:
+                fused.append(level.dsv(x))
             if heads and level.has_head:
                 auxiliary.append(level.head(x))
         auxiliary.reverse()  # the decoder ran deepest first
+        if self.fused_heads:  # Oktay et al.'s deep supervision: every level's classes, the top level's first
+            fused.reverse()
+            x = torch.cat(fused, dim=1)
+            del fused
         return [self.head(x)] + auxiliary
 
     def _run_nested(self, x: torch.Tensor, rounds: List[List[int]], mirror: bool, heads: bool) -> List[torch.Tensor]:
@@ -368,10 +390,10 @@ class UNet(nn.Module):
         maps: dict[str, torch.Tensor] = {}
         handles = []
         for name, level in self.decoder.items():
-            if isinstance(level.gate, AttentionGate):
-                gate = level.gate
+            gates = {f"decoder.{name}.gate": level.gate} if isinstance(level.gate, AttentionGate) else {
+                f"decoder.{name}.gate.gates.{i}": gate for i, gate in enumerate(getattr(level.gate, "gates", ()))}
+            for key, gate in gates.items():
                 last = gate.resample if not isinstance(gate.resample, nn.Identity) else gate.sigmoid
-                key = f"decoder.{name}.gate"
                 handles.append(last.register_forward_hook(
                     lambda module, args, out, key=key: maps.__setitem__(key, out.detach())))
         try:

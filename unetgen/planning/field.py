@@ -9,6 +9,8 @@ to follow pixel by pixel (:func:`_field_bound`), and the pixels near a tile's ed
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -423,9 +425,10 @@ def head_grids(plan: Plan) -> tuple[tuple[HeadGrid, ...], ...]:
 
 def attention_layers(plan: Plan) -> dict[str, str]:
     """The attention gates of ``plan`` (``skip_gate``): ``{"decoder.2.gate": name of the layer whose output is the
-    map the gate multiplies its skip by, ...}``, deepest level first (the order the network runs them)."""
+    map the gate multiplies its skip by, ...}``, deepest level first (the order the network runs them); with
+    ``gates_per_level: 2``, ``decoder.2.gate.gates.0`` and ``decoder.2.gate.gates.1``."""
     return {layer.name[: -len(".mul")]: layer.inputs[1] for layer in plan.layers
-            if layer.kind == "mul" and layer.name.endswith(".gate.mul")}
+            if layer.kind == "mul" and re.search(r"\.gate(\.gates\.\d+)?\.mul$", layer.name)}
 
 
 def nearest_on_output(plan: Plan, name: str) -> tuple[tuple[int, ...], ...]:

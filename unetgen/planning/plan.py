@@ -634,7 +634,7 @@ class _Layers:
             self._hold(start, source)
         return current, words
 
-    def gate(self, prefix: str, skip: str, below: str, up: str, factor: tuple[int, ...]) -> str:
+    def gate(self, prefix: str, skip: str, below: str, up: str, factor: tuple[int, ...], index: int | None = None) -> str:
         """The additive attention gate ``{prefix}.gate`` on the (cropped) skip ``skip`` (Oktay et al. 2018):
         ``skip × σ(psi(relu(key(skip) + query(g))))``, with MONAI's design (``attention``: g the up-sampled map
         ``up``, every convolution 1×1 and normalised) or Oktay et al.'s grid gate (``grid_attention``: g the map
@@ -650,7 +650,7 @@ class _Layers:
         ones = (1,) * dims
         channels = self.shapes[skip][0]
         inner = max(1, channels // spec.gate_reduction)
-        name = f"{prefix}.gate."
+        name = f"{prefix}.gate." if index is None else f"{prefix}.gate.gates.{index}."  # ``gates_per_level: 2``
 
         def conv(suffix: str, source: str, cout: int, kernel: tuple[int, ...] = ones, bias: bool = True) -> str:
             cin = self.shapes[source][0]
@@ -883,6 +883,8 @@ def make_plan(
         outputs.append(current)
         block(name, words)
     skips: list[Skip] = []
+    ones = (1,) * dims
+    fused: list[str] = []  # ``fused_heads``: each decoder level's classes at the top level's size
     if spec.skips == "nested":
         current = _nested(write, spec, outputs, skips, block, dropout_at, spatial(lambda t: t.output))
     below = channels[-1]
@@ -907,9 +909,30 @@ def make_plan(
         block(f"{prefix}.crop", crop_words)
         gated, holds = cropped, (below_map,)
         if spec.skip_gate != "none" and (spec.gate_levels is None or level in spec.gate_levels):
-            gated = write.gate(prefix, cropped, below_map, up, factor)
+            signal = below_map
+            if spec.gating_conv and level == spec.depth - 2:  # Oktay et al.'s gating signal, on the bottleneck
+                width = shapes[below_map][0]
+                signal = write.unit(below_map, width, ones, (f"{prefix}.signal.conv", f"{prefix}.signal.norm",
+                                                             f"{prefix}.signal.act"))
+                block(f"{prefix}.signal", f"gating signal: conv {_fmt(ones)}, {width} ch")
+            if spec.gates_per_level == 1:
+                gated = write.gate(prefix, cropped, signal, up, factor)
+            else:  # Oktay et al.'s MultiAttentionBlock: two gates, concatenated, combined by a 1×1 convolution
+                both = tuple(write.gate(prefix, cropped, signal, up, factor, index) for index in range(2))
+                joined_gates = write.add(f"{prefix}.gate.concat", "concat", both)
+                gated = write.unit(joined_gates, shapes[cropped][0], ones, (
+                    f"{prefix}.gate.combine.conv0", f"{prefix}.gate.combine.norm0", f"{prefix}.gate.combine.act0"))
+                # the module's call holds its arguments, its list of the gates' outputs and (the combining block's
+                # argument) their concatenation until it returns
+                last = write.layers[-1]
+                write.layers[-1] = dataclasses.replace(last, holds=last.holds + (*both, joined_gates, cropped, signal))
             holds += (cropped,)  # the encoder's map stays named until the concatenation
-            block(f"{prefix}.gate", _gate_words(spec, write.shapes[gated][0], factor))
+            words = _gate_words(spec, write.shapes[gated][0], factor)
+            if spec.gates_per_level == 2:  # Oktay et al.'s MultiAttentionBlock
+                inner = max(1, write.shapes[gated][0] // spec.gate_reduction)
+                words = (f"2 grid attention gates (Oktay, {inner} ch each) on the skip and the map below, "
+                         f"concat → conv {_fmt(ones)}, {spec.norm} norm, {spec.activation}")
+            block(f"{prefix}.gate", words)
         widths = (channels[level],) * spec.level_decoder_convs
         joined = write.add(f"{prefix}.concat", "concat", (gated, up), holds=holds)
         current = write.block(f"{prefix}.convs.", joined, widths, spec.kernel(level), dropout_at(level),
@@ -917,17 +940,32 @@ def make_plan(
         _agree(shapes[current][1:], spatial(lambda t, lv=level: t.decoder[lv]), f"decoder.{level}")
         words = f"concat → {shapes[joined][0]} ch, {_block_words(spec, level, widths, decoder=True)}"
         block(f"{prefix}.convs", words)
+        if spec.fused_heads:  # Oktay et al.'s deep supervision: this level's classes, at the top level's size
+            scale = tuple(math.prod(f) for f in zip(*(spec.pool(lv) for lv in range(level)))) if level else ones
+            fused_map = write.add(f"{prefix}.dsv.conv", "conv", (current,), cout=spec.out_channels, kernel=ones,
+                                  stride=ones, pads=((0, 0),) * dims, mode="zeros", bias=True,
+                                  params=channels[level] * spec.out_channels + spec.out_channels)
+            words = f"conv {_fmt(ones)} → {spec.out_channels} ch"
+            if level:
+                mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
+                fused_map = write.add(f"{prefix}.dsv.up", "upsample", (fused_map,), stride=scale, mode=mode)
+                words += f", ×{_fmt(scale)} {mode}"
+            fused.append(fused_map)
+            block(f"{prefix}.dsv", words + " (fused into the output)")
         if 0 < level <= spec.deep_supervision:
             write.add(f"{prefix}.head", "conv", (current,), cout=spec.out_channels, kernel=(1,) * dims,
                       stride=(1,) * dims, pads=((0, 0),) * dims, mode="zeros", bias=True, auxiliary=True,
                       params=channels[level] * spec.out_channels + spec.out_channels)
             block(f"{prefix}.head", f"conv {_fmt((1,) * dims)}, auxiliary output (deep supervision)")
         below = channels[level]
-    ones = (1,) * dims
+    head_words = f"conv {_fmt(ones)}"
+    if fused:
+        current = write.add("fused", "concat", tuple(reversed(fused)))  # the top level's first
+        head_words = f"concat the levels' classes → {shapes[current][0]} ch, {head_words}"
     current = write.add("head", "conv", (current,), cout=spec.out_channels, kernel=ones, stride=ones,
                         pads=((0, 0),) * dims, mode="zeros", bias=True,
-                        params=channels[0] * spec.out_channels + spec.out_channels)
-    block("head", f"conv {_fmt(ones)}")
+                        params=shapes[current][0] * spec.out_channels + spec.out_channels)
+    block("head", head_words)
     output_crop = tuple(io.crop if io else (0, 0) for io in ios)
     if same:
         current = write.add("crop_output", "output_crop", (current,), crop=output_crop)

@@ -209,6 +209,23 @@ class UNetSpec(BaseModel):
         "`skips: nested` on the top row's first nodes X(0, 1), X(0, 2), ... (UNet++). In training mode the "
         "network returns a list, highest resolution first; in eval mode the main output only.",
     )
+    gates_per_level: int = Field(
+        1, ge=1, le=2,
+        description="Attention gates per gated skip (`grid_attention`): 2 is Oktay et al.'s MultiAttentionBlock, two "
+        "gates on the same skip and gating signal, their outputs concatenated and combined by a 1×1 convolution, "
+        "the norm and the activation.",
+    )
+    gating_conv: bool = Field(
+        False,
+        description="The deepest gate's gating signal (`grid_attention`: the bottleneck's map) first passes a 1×1 "
+        "convolution, the norm and the activation (Oktay et al.'s UnetGridGatingSignal3).",
+    )
+    fused_heads: bool = Field(
+        False,
+        description="Oktay et al.'s deep supervision as the network's output: a 1×1 convolution to the classes on "
+        "every decoder level's map, each linearly up-sampled to the top level's size, concatenated (top first), "
+        "then a 1×1 convolution to the classes in place of the head. Needs padding: same and plain skips.",
+    )
     input_size: list[int] | None = Field(
         None,
         description="Default input size, one value per spatial axis. Default: the smallest valid size from "
@@ -463,6 +480,32 @@ class UNetSpec(BaseModel):
             why = ("the auxiliary heads are not cropped back to the input's size" if nested
                    else "a head below the top has no exact crop back to the input's size")
             raise ValueError(f"needs output: crop ({why})")
+        return value
+
+    @field_validator("gates_per_level", "gating_conv")
+    @classmethod
+    def _oktay_gate_parts(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in (1, False) and info.data.get("skip_gate") != "grid_attention":
+            raise ValueError("is a part of Oktay et al.'s grid gate; give skip_gate: grid_attention")
+        if info.field_name == "gating_conv" and value:
+            depth, levels = info.data.get("depth"), info.data.get("gate_levels")
+            if depth is not None and levels is not None and depth - 2 not in levels:
+                raise ValueError(f"feeds the deepest gate (level {depth - 2}), which gate_levels {levels} leaves out")
+        return value
+
+    @field_validator("fused_heads")
+    @classmethod
+    def _fused_heads_fit(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value:
+            return value
+        if info.data.get("padding") != "same":
+            raise ValueError("needs padding: same (each level's output is up-sampled to the top level's size)")
+        if info.data.get("skips") == "nested":
+            raise ValueError("needs skips: plain (UNet++ has heads of its own: deep_supervision)")
+        if info.data.get("deep_supervision"):
+            raise ValueError("replaces the auxiliary heads: give deep_supervision: 0")
+        if info.data.get("depth") == 1:
+            raise ValueError("needs a decoder level; depth 1 has none")
         return value
 
     @field_validator("input_size")
