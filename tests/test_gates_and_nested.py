@@ -439,3 +439,11 @@ def test_summary_names_the_gates_and_nodes(capsys):
     assert main(["build", "unetpp"]) == 0
     out = capsys.readouterr().out
     assert "nested.1.3" in out and "concat X(1, 0), X(1, 1), X(1, 2)" in out and "9,041,601 parameters" in out
+
+
+def test_the_attention_presets_drawing_shows_its_gates_and_fused_output():
+    from unetgen.drawing.draw import draw
+
+    svg = str(draw("attention"))
+    assert svg.count('class="gate"') == 3  # levels 1, 2 and 3, two gates each, one circle per skip
+    assert "2 grid attention gates (Oktay)" in svg and "deep supervision fused into the output" in svg

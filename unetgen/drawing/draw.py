@@ -44,6 +44,8 @@ _COLOURS = {
     "crop": "#e67e22",
 }
 _GATE = "#c0392b"  # the attention gates' circles (no arrow of their own)
+#: An attention gate's multiplication: ``decoder.2.gate.mul``, or ``decoder.2.gate.gates.0.mul`` (two per level).
+_GATE_MUL = re.compile(r"\.gate(\.gates\.\d+)?\.mul$")
 _BAR = 14  # the width of UNet++'s input and output bars
 _FILLS = {"map": "#b9d3ee", "copy": "#ffffff", "input": "#d9d9d9", "output": "#a8e0dc"}
 _ACTIVATIONS = {
@@ -343,15 +345,24 @@ class _Figure:
             return "transpose"
         return "interpolate" if upsample.name.endswith(".up") else "upsample_conv"
 
+    def _gates(self) -> list[Layer]:
+        """The attention gates' multiplications (two per level with ``gates_per_level: 2``)."""
+        return [layer for layer in self.layers if _GATE_MUL.search(layer.name)]
+
+    def _grid_gates(self) -> bool:
+        """Whether the gates are Oktay et al.'s grid gates (their map is up-sampled back to the skip)."""
+        return any(_GATE_MUL.search(layer.name.replace(".resample", ".mul")) for layer in self.layers
+                   if layer.name.endswith(".resample"))
+
     def _gate_words(self) -> str | None:
         """The legend of the attention gates, or None without them."""
-        gates = [layer for layer in self.layers if layer.name.endswith(".gate.mul")]
+        gates = self._gates()
         if not gates:
             return None
-        grid = any(layer.name.endswith(".gate.resample") for layer in self.layers)
-        levels = ", ".join(name.split(".")[1] for name in sorted(g.name for g in gates))
-        if grid:
-            return f"grid attention gate (Oktay): skip × σ(map below, skip by strided conv), levels {levels}"
+        levels = ", ".join(sorted({g.name.split(".")[1] for g in gates}))
+        if self._grid_gates():
+            kind = "2 grid attention gates" if any(".gates.1." in g.name for g in gates) else "grid attention gate"
+            return f"{kind} (Oktay): skip × σ(map below, skip by strided conv), levels {levels}"
         return f"attention gate (MONAI): skip × σ(skip, up-sampled map), levels {levels}"
 
     def _bars(self) -> list[_Bar]:
@@ -510,9 +521,11 @@ class _Figure:
         options += [f"norm {norm_layer.mode if norm_layer else 'none'}", f"output {'same' if plan.same_output else 'crop'}"]
         if self._first("add"):
             options.append("residual blocks")
-        if any(layer.name.endswith(".gate.mul") for layer in self.layers):
-            design = "grid attention" if any(layer.name.endswith(".gate.resample") for layer in self.layers) else "attention"
+        if self._gates():
+            design = "grid attention" if self._grid_gates() else "attention"
             options.append(f"{design} gates")
+        if any(layer.name == "fused" for layer in self.layers):
+            options.append("deep supervision fused into the output")
         if any(layer.name.startswith("nested.") for layer in self.layers):
             options.append("nested skips (UNet++)")
         dropouts = [layer for layer in self.layers if layer.kind == "dropout"]
@@ -558,7 +571,7 @@ class _Figure:
             source = below.decoder[-1] if index < len(levels) - 1 else below.encoder[-1]
             target = above.decoder[1]
             canvas.arrow(source.centre, source.top - 3, target.centre, target.bottom + 4, "up")
-        gated = {int(layer.name.split(".")[1]) for layer in self.layers if layer.name.endswith(".gate.mul")}
+        gated = {int(layer.name.split(".")[1]) for layer in self._gates()}
         for index, level in enumerate(levels[:-1]):  # copy and crop across
             source, target = level.encoder[-1], level.decoder[0]
             label = self._copy_label(level)
