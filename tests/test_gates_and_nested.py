@@ -447,3 +447,17 @@ def test_the_attention_presets_drawing_shows_its_gates_and_fused_output():
     svg = str(draw("attention"))
     assert svg.count('class="gate"') == 3  # levels 1, 2 and 3, two gates each, one circle per skip
     assert "2 grid attention gates (Oktay)" in svg and "deep supervision fused into the output" in svg
+
+
+def test_predict_returns_both_gates_of_a_level():
+    spec = U(depth=3, width=2, skip_gate="grid_attention", gates_per_level=2, gating_conv=True, fused_heads=True,
+             padding="same", norm="batch")
+    model = unetgen.build(spec, seed=0)
+    image = np.random.default_rng(0).random((170, 161), dtype=np.float32)
+    _, tiled = predict(model, image, attention=True, tile_size=64)
+    _, whole = predict(model, image, attention=True)
+    assert list(tiled) == ["decoder.1.gate.gates.0", "decoder.1.gate.gates.1", "decoder.0.gate.gates.0",
+                           "decoder.0.gate.gates.1"]
+    for key in tiled:  # same padding: each tile leaves its spoilt border to a neighbour, so the maps agree exactly
+        assert tiled[key].shape == image.shape
+        np.testing.assert_allclose(tiled[key], whole[key], atol=1e-6)
