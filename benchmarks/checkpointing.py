@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_status import status as _status  # noqa: E402
 
 import unetgen  # noqa: E402
 from training_memory import machine  # noqa: E402
@@ -53,11 +54,6 @@ def _mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:,.1f}"
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def _model(case: str, levels: object) -> tuple[torch.nn.Module, torch.Tensor, list[torch.Tensor]]:

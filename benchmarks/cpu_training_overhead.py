@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_status import status as _status  # noqa: E402
 
 #: name → (preset or "planned 2D", spec changes, input size or None for the preset's, batch)
 CASES: dict[str, tuple[str, dict[str, Any], list[int] | None, int]] = {
@@ -42,11 +43,6 @@ CASES: dict[str, tuple[str, dict[str, Any], list[int] | None, int]] = {
 }
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def child(name: str, threads: int) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_status import status as _status  # noqa: E402
 
 GiB = 2**30
 #: (label, spacing, median shape, channels, classes, budget)
@@ -36,11 +37,6 @@ CONFIGURATIONS = [
 ]
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def child(index: int, threads: int, glibc_defaults: bool) -> dict:

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_status import status as _status  # noqa: E402
 
 import unetgen  # noqa: E402
 from reference_unets import ModernUNet, PaperUNet, modern_state_dict, paper_state_dict  # noqa: E402
@@ -287,11 +288,6 @@ def time_case(case: Case, onnx_file: Path | None, rounds: int, threads: int) -> 
 # --- memory ------------------------------------------------------------------------------------------------------
 
 
-def _status(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field_name} in /proc/self/status")
 
 
 def memory_child(job: dict[str, Any]) -> dict[str, Any]:

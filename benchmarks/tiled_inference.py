@@ -23,14 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from proc_status import status as _status
 
 
-def _status(field: str) -> int:
-    """A ``/proc/self/status`` memory field in bytes (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _child(args: argparse.Namespace) -> None:

@@ -42,6 +42,7 @@ from unetgen.network.recompute import checkpoint_levels
 from unetgen.planning.training import training_memory
 from unetgen.planning.budget import budgeted_bytes
 from unetgen.planning.cost import estimate
+from proc_status import status as _status
 
 U = unetgen.UNetSpec
 
@@ -151,11 +152,6 @@ def table() -> list[str]:
 RSS_CASE = {"preset": "paper", "batch": 1, "optimizer": "sgd", "precision": "fp32"}
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def rss_child(job: dict[str, Any]) -> dict[str, Any]:
