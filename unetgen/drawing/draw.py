@@ -544,17 +544,20 @@ class _Figure:
         canvas = _Canvas()
         self._draw_arrows(canvas)
         self._draw_bars(canvas)
-        width = max(bar.right for bar in self._bars()) + _MARGIN
+        return self._finish(canvas, max(bar.right for bar in self._bars()) + _MARGIN, "U-Net")
+
+    def _finish(self, canvas: _Canvas, width: float, kind: str) -> str:
+        """The titles and the legend on ``canvas`` (widening the page to fit them), then the SVG document."""
         y = _MARGIN + 16
         for words, font, weight in self._titles():
             canvas.note(_MARGIN, y, words, anchor="start", font=font, weight=weight)
             width = max(width, _MARGIN + _text_width(words, font) + _MARGIN)
             y += 18 if font <= 12 else 22
         right, bottom = self._draw_legend(canvas, width - _MARGIN)
-        width, height = math.ceil(max(width, right + _MARGIN)), math.ceil(bottom + _MARGIN)
+        page_width, height = math.ceil(max(width, right + _MARGIN)), math.ceil(bottom + _MARGIN)
         plan = self.plan
-        label = f"U-Net diagram of {self.spec.name}: input {_fmt(plan.input_shape)}, output {_fmt(plan.output_shape)}"
-        return _document(canvas, width, height, label)
+        label = f"{kind} diagram of {self.spec.name}: input {_fmt(plan.input_shape)}, output {_fmt(plan.output_shape)}"
+        return _document(canvas, page_width, height, label)
 
     def _draw_arrows(self, canvas: _Canvas) -> None:
         levels = self.levels
@@ -770,17 +773,7 @@ class _NestedFigure(_Figure):
         canvas.arrow(x + w / 2 + 3, y, out_x - 4, y, "head")
         caption = "output" if plan.final_activation == "none" else f"output ({plan.final_activation})"
         self._bar(canvas, out_x, y, "output", plan.output_shape[0], plan.output_size, caption)
-        width = max(box[2] for box in canvas.boxes) + _MARGIN
-        y_text = _MARGIN + 16
-        for words, font, weight in self._titles():
-            canvas.note(_MARGIN, y_text, words, anchor="start", font=font, weight=weight)
-            width = max(width, _MARGIN + _text_width(words, font) + _MARGIN)
-            y_text += 18 if font <= 12 else 22
-        right, bottom = self._draw_legend(canvas, width - _MARGIN)
-        width, height = math.ceil(max(width, right + _MARGIN)), math.ceil(bottom + _MARGIN)
-        label = (f"UNet++ diagram of {self.spec.name}: input {_fmt(plan.input_shape)}, "
-                 f"output {_fmt(plan.output_shape)}")
-        return _document(canvas, width, height, label)
+        return self._finish(canvas, max(box[2] for box in canvas.boxes) + _MARGIN, "UNet++")
 
     def _bar(self, canvas: _Canvas, x: float, cy: float, kind: str, channels: int, size: tuple[int, ...],
              caption: str) -> None:

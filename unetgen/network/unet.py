@@ -270,19 +270,25 @@ class UNet(nn.Module):
         not included). For every network this is what ``forward`` runs on the mirrored input."""
         return self._run(x, [], False, False)[0]
 
-    def _run(self, x: torch.Tensor, rounds: List[List[int]], mirror: bool, heads: bool) -> List[torch.Tensor]:
-        """Mirror by ``rounds`` (when ``mirror``), then the core network: its main output, then (with ``heads``)
-        the auxiliary heads' outputs, highest resolution first. The mirrored input is this frame's alone, so it is
-        released once the first level has used it."""
-        if self.is_nested:
-            return self._run_nested(x, rounds, mirror, heads)
+    def _encode(self, x: torch.Tensor, rounds: List[List[int]], mirror: bool
+                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Mirror by ``rounds`` (when ``mirror``), then the contracting path: the bottleneck's map and each encoder
+        level's (the skips, top first). The mirrored input is this frame's alone, released once the first level has
+        used it."""
         if mirror:
             x = self.pad_input(x, rounds)
         skips: List[torch.Tensor] = []
         for level in self.encoder:
             x = level(x)
             skips.append(x)
-        x = self.bottleneck(x)
+        return self.bottleneck(x), skips
+
+    def _run(self, x: torch.Tensor, rounds: List[List[int]], mirror: bool, heads: bool) -> List[torch.Tensor]:
+        """Mirror by ``rounds`` (when ``mirror``), then the core network: its main output, then (with ``heads``)
+        the auxiliary heads' outputs, highest resolution first."""
+        if self.is_nested:
+            return self._run_nested(x, rounds, mirror, heads)
+        x, skips = self._encode(x, rounds, mirror)
         auxiliary: List[torch.Tensor] = []
         fused: List[torch.Tensor] = []
         for level in self.decoder.values():
@@ -309,13 +315,7 @@ class UNet(nn.Module):
         """:meth:`_run` for UNet++ (Zhou et al. 2018): the encoder, then the nodes row by row from the bottom, each
         row reading only the row below, which is released node by node; the top row's heads in column order. One
         frame, so that no caller keeps a map the nodes are done with."""
-        if mirror:
-            x = self.pad_input(x, rounds)
-        skips: List[torch.Tensor] = []
-        for level in self.encoder:
-            x = level(x)
-            skips.append(x)
-        x = self.bottleneck(x)
+        x, skips = self._encode(x, rounds, mirror)
         auxiliary: List[torch.Tensor] = []
         below_row: List[torch.Tensor] = [x]
         current: List[torch.Tensor] = []

@@ -632,25 +632,25 @@ def _crop(step: _Step, layer: Layer) -> None:
         current = name
 
 
-def _concat(step: _Step, layer: Layer) -> None:
-    """Concatenation (to the widest input type under autocast) saves nothing; its backward hands out views."""
+def _join(step: _Step, layer: Layer, gradient: str) -> None:
+    """A layer of several inputs that saves nothing, computed in the widest input type under autocast; its backward
+    hands each input ``gradient`` (``view``: a slice of its own; ``same``: the whole of it)."""
     itemsize = max(step.values[name].itemsize for name in layer.inputs)
     reads = [step.cast(name, itemsize, f"{layer.name}<{i}>") for i, name in enumerate(layer.inputs)]
     step.new(layer.name, step.numel(layer.shape), itemsize, True)
-    step.node(layer.name, [(name, "view") for name in reads], [])
+    step.node(layer.name, [(name, gradient) for name in reads], [])
     for name, read in zip(layer.inputs, reads):
         step.drop_cast(name, read)
+
+
+def _concat(step: _Step, layer: Layer) -> None:
+    """Concatenation saves nothing; its backward hands out views."""
+    _join(step, layer, "view")
 
 
 def _add(step: _Step, layer: Layer) -> None:
-    """Addition (to the widest input type under autocast) saves nothing; its backward hands its gradient to both
-    inputs."""
-    itemsize = max(step.values[name].itemsize for name in layer.inputs)
-    reads = [step.cast(name, itemsize, f"{layer.name}<{i}>") for i, name in enumerate(layer.inputs)]
-    step.new(layer.name, step.numel(layer.shape), itemsize, True)
-    step.node(layer.name, [(name, "same") for name in reads], [])
-    for name, read in zip(layer.inputs, reads):
-        step.drop_cast(name, read)
+    """Addition saves nothing; its backward hands its gradient to both inputs."""
+    _join(step, layer, "same")
 
 
 def _mul(step: _Step, layer: Layer) -> None:
