@@ -143,7 +143,6 @@ def table() -> list[str]:
             f"{_mib(estimate.peak_bytes)} | {estimate.phase} |"
         )
         print(lines[-1], flush=True)
-    lines.append(f"\nthe CPU budget's allowance for the step's own memory (unetgen.planning.budget): {_mib(allowed)} MiB")
     return lines
 
 

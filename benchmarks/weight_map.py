@@ -71,7 +71,6 @@ def _machine() -> dict[str, str]:
 
 def _arm(args: argparse.Namespace) -> None:
     """One arm, one seed: train, then score on the held-out images; prints one JSON line."""
-    import numpy as np
     import torch
 
     import unetgen

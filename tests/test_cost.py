@@ -13,7 +13,6 @@ from unetgen.planning.cost import IN_PLACE_ACTIVATIONS, estimate
 from unetgen.planning.field import receptive_field
 from unetgen.planning.limits import parse_bytes
 from unetgen.network.measure import LiveBytes
-from unetgen.planning.plan import geometry
 
 VARIANTS = [
     (unetgen.UNetSpec(width=4, depth=4), None),

@@ -29,7 +29,8 @@ import pytest
 import yaml
 
 import unetgen
-from unetgen.cli import _parser, main
+from conftest import run_main
+from unetgen.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(f"docs/{path.name}" for path in (ROOT / "docs").glob("*.md"))]
@@ -117,13 +118,8 @@ def workdir(tmp_path, monkeypatch):
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     """Run the command as a user would; its exit status and everything it printed."""
-    capsys.readouterr()
-    try:
-        status = main(argv)
-    except SystemExit as exit:  # --help, and argparse's own errors
-        status = exit.code
-    captured = capsys.readouterr()
-    return status, captured.out + captured.err
+    status, out, err = run_main(argv, capsys)
+    return status, out + err
 
 
 def shown_matches(shown: str, printed: str) -> bool:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import unetgen
+from conftest import run_main
 from unetgen.cli import main
 from unetgen.errors import CheckpointError, UNetGenError
 from unetgen.interop.nnunet import (
@@ -61,14 +62,7 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        status = main(argv)
-    except SystemExit as exit:
-        status = exit.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+run = run_main
 
 
 @pytest.mark.parametrize("key", list(DNA_FIGURES), ids=["/".join(k) for k in DNA_FIGURES])

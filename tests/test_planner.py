@@ -36,14 +36,7 @@ FIXTURES = json.loads((Path(__file__).parent / "data" / "nnunet_planner.json").r
 GiB = 2**30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread (two spin against each other on a busy machine: 50x slower); the memory is the
-    same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.mark.parametrize("case", FIXTURES["topology"], ids=lambda case: case["name"])

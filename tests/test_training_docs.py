@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from test_docs import blocks, check_session
 
@@ -15,12 +14,7 @@ PAGE = "docs/training.md"
 SESSIONS = [block for block in blocks(PAGE) if "$ unetgen train" in block.text]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: one thread each is faster than two fighting
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -16,12 +16,7 @@ from unetgen.training.loss import Objective
 from unetgen.training.optimizers import learning_rate, make_optimizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: one thread each is faster than two fighting
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_weighted_cross_entropy_is_the_papers_energy():

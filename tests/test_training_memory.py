@@ -20,14 +20,7 @@ U = unetgen.UNetSpec
 TOLERANCE = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread (two spin against each other on a busy machine: 50x slower); the memory is the
-    same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _small(spec: U, at_least: int) -> tuple[int, ...]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import unetgen
@@ -17,12 +16,7 @@ from test_docs import blocks, run_cli
 from unetgen.training.synthetic import write_cells
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: one thread each is faster than two fighting
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def readme_line(command: str) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import unetgen
-from unetgen.cli import main
+from conftest import run_main
 from unetgen.training import loop
 from unetgen.training.config import TrainConfig
 from unetgen.training.loop import train
@@ -28,11 +28,8 @@ SMALL = "name: small\ndepth: 3\nwidth: 8\ndropout: 0.5\ndropout_at: bottleneck\n
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: one thread each is faster than two fighting
+def one_thread_and_the_default_memory_limit(one_thread):
     yield
-    torch.set_num_threads(threads)
     unetgen.set_memory_limit(None)
 
 
@@ -44,14 +41,7 @@ def cells(tmp_path_factory) -> Path:
     return folder
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        status = main(argv)
-    except SystemExit as exit:
-        status = exit.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+run_cli = run_main
 
 
 def base(cells: Path, out: str) -> list[str]:

@@ -48,7 +48,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from ..errors import ExportError, UNetGenError
+from ..errors import ExportError
 from ..files import Staging
 from ..hardware import missing_instructions
 from ..inference.image_checks import check_image

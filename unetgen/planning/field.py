@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .plan import Layer, Plan, lattices, make_plan
+from .plan import Layer, Plan, make_plan
 
 Mode = Literal["exact", "blend"]
 Interval = tuple[int, int]
