@@ -308,3 +308,11 @@ def test_validation_folders_and_colour_images(cells, tmp_path):
     assert {"dice_0", "dice_1", "iou_1"} <= set(result.rows[0])
     intensity = unetgen.load(result.best).intensity
     assert intensity["method"] == "percentile" and len(intensity["mean"]) == 3
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "1.5.3GiB"])
+def test_a_memory_that_is_not_a_size_is_refused_before_anything_is_read(value, tmp_path, capsys):
+    status, printed, err = run_cli(["train", "paper", "--images", str(tmp_path / "none"), "--masks",
+                                    str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--memory", value], capsys)
+    assert (status, printed) == (2, "")
+    assert err == f"unetgen: error: --memory {value}: give the memory one training step may take, e.g. 4GiB or 512MiB\n"

@@ -150,9 +150,7 @@ def batch_for_memory(plan: Plan, memory: int | str, batch: int | None, device: s
     Raises:
         ResourceError: when the batch asked for, or a batch of one, does not fit, with what it needs.
     """
-    budget = memory if isinstance(memory, int) else parse_bytes(str(memory))
-    if budget <= 0:
-        raise ResourceError(f"--memory {memory}: give the memory one training step may take, e.g. 4GiB")
+    budget = memory if isinstance(memory, int) else parse_bytes(str(memory))  # checked by TrainConfig.resolved
 
     def needs(n: int) -> int:
         cost = estimate(plan, batch=n, training=True, optimizer="adam" if optimizer == "adam" else "sgd",

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UNetGenError, did_you_mean
+from ..errors import ResourceError, UNetGenError, did_you_mean
+from ..planning.limits import parse_bytes
 from .intensity import METHODS
 from .loss import LOSSES
 
@@ -144,7 +145,9 @@ class TrainConfig:
         if self.patch_size is not None:
             for size in self.patch_size:
                 _number("--patch-size", size, 1)
-        return dataclasses.replace(self, optimizer=optimizer, loss=loss, batch_size=batch, lr=float(lr))
+        memory = None if self.memory is None else _memory(self.memory)
+        return dataclasses.replace(self, optimizer=optimizer, loss=loss, batch_size=batch, lr=float(lr),
+                                   memory=memory)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (stored in the run's checkpoints and log)."""
@@ -186,6 +189,17 @@ def run_paths(out: str | Path) -> dict[str, Path]:
     return {"last": folder / "last.pt", "best": folder / "best.pt", "csv": folder / "log.csv",
             "json": folder / "log.json", "plot": folder / "curves.svg"}
 
+
+
+def _memory(value: int | str) -> int:
+    """``--memory``: a size in bytes, or text such as ``4GiB``; above 0."""
+    try:
+        budget = value if isinstance(value, int) and not isinstance(value, bool) else parse_bytes(str(value))
+    except ResourceError:
+        budget = -1
+    if budget <= 0:
+        raise UNetGenError(f"--memory {value}: give the memory one training step may take, e.g. 4GiB or 512MiB")
+    return budget
 
 __all__ = ["TrainConfig", "RECIPES", "RECIPE_DEFAULTS", "OPTIMIZERS", "LEARNING_RATES", "AUGMENTATIONS", "DEVICES",
            "PRECISIONS", "RESUMABLE", "PATHS", "run_paths"]
